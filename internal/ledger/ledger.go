@@ -1,0 +1,117 @@
+// Package ledger defines the durable record of every credential the daemon mints
+// and the Store interface that the embedded (SQLite) and central (PostgreSQL)
+// stores implement. The exchange service writes an intent before it asks GitLab
+// for a credential and the result after; the reaper claims due records and
+// revokes them. Package ledgertest holds the contract suite every Store passes.
+package ledger
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// State is where a record is in its life.
+type State string
+
+const (
+	// Pending: the intent is written, the mint may or may not have reached GitLab.
+	Pending State = "pending"
+	// Active: GitLab returned the credential; it must be revoked at RevokeAt.
+	Active State = "active"
+	// Revoked: the credential is gone from GitLab (revoked, deleted, or found absent).
+	Revoked State = "revoked"
+	// Abandoned: an intent that never produced a credential (GitLab refused, or
+	// reconciliation found no token of that name).
+	Abandoned State = "abandoned"
+)
+
+// Kind is the kind of GitLab credential.
+type Kind string
+
+const (
+	ProjectDeployToken Kind = "project_deploy_token"
+	GroupDeployToken   Kind = "group_deploy_token"
+	ProjectAccessToken Kind = "project_access_token"
+	GroupAccessToken   Kind = "group_access_token"
+)
+
+// Record is one credential the daemon minted or meant to mint. It never holds
+// the secret: SecretSHA256 is the hex SHA-256 of it.
+type Record struct {
+	ID    string // ledger id; the GitLab token is named "gltoken-" + ID
+	State State
+	Kind  Kind
+	// Owner is where the token lives in GitLab: the numeric project id or group
+	// id as a decimal string, or the URL-path of the project/group before it was
+	// resolved.
+	Owner string
+	// OwnerPath is the human path of the owner (group/project), for audit and search.
+	OwnerPath string
+	Scopes    []string
+	Resource  string // what the client asked for (URL)
+	Rule      string // policy rule that allowed it
+	// Requester facts from the ID token, for audit.
+	Subject    string
+	ProjectID  string
+	PipelineID string
+	JobID      string
+	TokenJTI   string
+
+	GitLabID     int64  // the token's id in GitLab, 0 until Active
+	Username     string // git/registry username of the credential
+	SecretSHA256 string // hex SHA-256 of the secret, "" until Active
+
+	CreatedAt time.Time
+	ExpiresAt time.Time // when the credential stops being valid for its user (the TTL)
+	// NextAttemptAt is when the reaper may take the record up: RevokeAt for Active
+	// records, the end of the mint's lease for Pending ones; pushed back after a
+	// failed attempt and while a reaper holds a claim.
+	NextAttemptAt time.Time
+	Attempts      int
+	LastError     string // never contains a secret
+	RevokedAt     time.Time
+}
+
+// ErrNotFound: no record with that id (or fingerprint).
+var ErrNotFound = errors.New("ledger: record not found")
+
+// ErrConflict: the record is not in the state the transition requires
+// (e.g. Activate on a record the reaper already abandoned).
+var ErrConflict = errors.New("ledger: record not in expected state")
+
+// ErrExists: a record with that id already exists.
+var ErrExists = errors.New("ledger: record already exists")
+
+// Store persists records. Every method is safe for concurrent use, and for use
+// by several processes sharing one database (PostgreSQL replicas).
+type Store interface {
+	// CreateIntent inserts a Pending record. NextAttemptAt is the end of the
+	// mint's lease: after it, a reaper may reconcile the intent.
+	CreateIntent(ctx context.Context, r Record) error
+	// Activate moves a Pending record to Active with what GitLab returned.
+	// NextAttemptAt becomes expiresAt (the revocation time). ErrConflict if the
+	// record is not Pending any more; ErrNotFound if there is none.
+	Activate(ctx context.Context, id string, gitlabID int64, username, secretSHA256 string, expiresAt time.Time) error
+	// Abandon moves a Pending record to Abandoned (nothing exists in GitLab).
+	Abandon(ctx context.Context, id, reason string) error
+	// MarkRevoked moves a Pending or Active record to Revoked (idempotent on Revoked).
+	MarkRevoked(ctx context.Context, id string, at time.Time) error
+	// ClaimDue returns at most limit records that are Pending or Active with
+	// NextAttemptAt <= now, oldest first, and atomically pushes their
+	// NextAttemptAt to now+lease so no other reaper takes them meanwhile.
+	ClaimDue(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Record, error)
+	// RetryLater records a failed attempt: Attempts+1, LastError, NextAttemptAt.
+	RetryLater(ctx context.Context, id string, next time.Time, lastErr string) error
+	// Get returns the record with that id, or ErrNotFound.
+	Get(ctx context.Context, id string) (Record, error)
+	// FindBySecret returns the record whose SecretSHA256 matches.
+	FindBySecret(ctx context.Context, secretSHA256 string) (Record, error)
+	// ListPending lists every Pending record (for start-up reconciliation).
+	ListPending(ctx context.Context) ([]Record, error)
+	// CountActive counts Active records (the live-tokens gauge).
+	CountActive(ctx context.Context) (int, error)
+	// Ping checks the store is reachable (readiness).
+	Ping(ctx context.Context) error
+	Close() error
+}
