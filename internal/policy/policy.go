@@ -1,0 +1,323 @@
+// Package policy provides gltoken's trust policy: which GitLab CI/CD jobs,
+// identified by the claims of their verified ID token, may obtain which access
+// to which repositories. Load (or Parse) reads the YAML policy of DESIGN.md and
+// rejects, with every problem and its line, anything ambiguous; Evaluate
+// decides a Request deterministically, deny by default, and explains itself.
+//
+// Matching rules:
+//   - Rules are tried in file order; the first rule whose match accepts the
+//     claims, whose allow.projects/allow.groups accept the target and whose
+//     allow.scopes contain every requested scope wins. Nothing is widened: the
+//     granted scopes are the requested ones.
+//   - Globs are doublestar globs: '*' and '?' never cross '/', '**' as a whole
+//     segment does (so "g/**" also matches "g" itself), {a,b} alternates,
+//     [abc] is a class, '\' escapes.
+//   - Matching is case-sensitive. GitLab looks paths up case-insensitively,
+//     but the ID token carries the canonical path, so write patterns with the
+//     canonical case.
+//   - "{{claim}}" in allow.projects/allow.groups is replaced by the claim's
+//     value with every glob metacharacter escaped: a claim never acts as glob
+//     syntax. A missing or empty claim makes the pattern match nothing.
+//   - A claim named in match that the token lacks never matches.
+//   - allow.groups is checked before allow.projects: a project anywhere below
+//     a listed group (never the group path itself) is allowed and
+//     Decision.Group names that group. For a glob group entry the shortest
+//     matching prefix of the project path is the group.
+//   - On https://gitlab.com (Options.GitLabURL), which all tenants share, a
+//     rule must pin project_path, namespace_path, project_id or namespace_id
+//     with patterns whose first segment is literal, and every allow entry must
+//     start with a literal top-level group or a {{namespace_path}} /
+//     {{project_path}} (or job_*_path) template.
+//
+// For merge-request pipelines from forks GitLab sets project_* and
+// namespace_* to the fork (the source project); job_project_* and
+// job_namespace_* (GitLab 18.4+) name the project the job runs in. Pinning
+// project_path therefore never admits a fork's job.
+package policy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Policy is a loaded, validated trust policy. It is immutable and safe for
+// concurrent use; reload by loading a new one.
+type Policy struct {
+	rules []*rule
+	names []string
+}
+
+type rule struct {
+	name        string
+	line        int
+	match       []claimMatch
+	projects    []target
+	groups      []target
+	scopes      scopeSet
+	scopeList   []string
+	ttl         time.Duration
+	accessLevel int
+}
+
+type claimMatch struct {
+	claim string
+	line  int
+	globs []string
+	// Trace texts, built once at load time to keep Evaluate cheap.
+	failPrefix, failSuffix, failMissing string
+}
+
+func newClaimMatch(claim string, line int, globs []string) claimMatch {
+	m := claimMatch{claim: claim, line: line, globs: globs}
+	m.failPrefix = "match." + claim + ": "
+	m.failSuffix = " does not match " + m.describe()
+	m.failMissing = "match." + claim + ": claim missing from the ID token"
+	return m
+}
+
+// Request is what a caller asks for.
+type Request struct {
+	Claims  map[string]string // verified ID-token claims, string form ("true"/"false", decimal numbers)
+	Project string            // target project full path, e.g. "platform/lib" (no .git, no leading slash)
+	Scopes  []string          // requested scopes
+}
+
+// Decision is the outcome of Evaluate.
+type Decision struct {
+	Allowed     bool
+	Rule        string        // the matching rule's name
+	Scopes      []string      // the granted scopes: the requested ones, deduplicated, in request order
+	TTL         time.Duration // the rule's ttl (DefaultTTL if it names none)
+	AccessLevel int           // the rule's role for access tokens (default developer, 30)
+	Group       string        // set when the target is allowed through allow.groups: the group path containing the project
+	Reason      string        // when denied: one line saying which check failed, for the closest rule
+	// ScopeDenied is set when denied and the closest rule accepted the job
+	// and the target but not every requested scope (invalid_scope rather
+	// than invalid_target).
+	ScopeDenied bool
+	Trace       []Step // one Step per rule, in file order
+}
+
+// Step is one rule's part of a decision trace.
+type Step struct {
+	Rule    string
+	Matched bool
+	Failed  string // the first failed check, e.g. `allow.scopes: write_repository not allowed`
+}
+
+// Rules returns the rule names in file order.
+func (p *Policy) Rules() []string {
+	if p == nil {
+		return nil
+	}
+	return append([]string(nil), p.names...)
+}
+
+// stages of a rule's evaluation, in order; a higher stage got further.
+const (
+	stageClaims = iota
+	stageTarget
+	stageScopes
+	stageAllowed
+)
+
+type outcome struct {
+	stage   int
+	matched int // match keys accepted before the failure (ranks claim failures)
+	failed  string
+	group   string
+}
+
+// Evaluate decides req. It never widens: a request is granted exactly as
+// asked or denied.
+func (p *Policy) Evaluate(req Request) Decision {
+	var d Decision
+	if p == nil {
+		d.Reason = "no policy loaded"
+		return d
+	}
+	d.Trace = make([]Step, len(p.rules))
+	want, scopes, bad := checkRequest(req)
+	if bad != "" {
+		for i, r := range p.rules {
+			d.Trace[i] = Step{Rule: r.name, Failed: bad}
+		}
+		d.Reason = bad
+		return d
+	}
+	if len(p.rules) == 0 {
+		d.Reason = "the policy has no rules, so everything is denied"
+		return d
+	}
+	best, bestRule := outcome{stage: -1}, -1
+	var q quoter
+	for i, r := range p.rules {
+		o := r.evaluate(req, want, &q)
+		d.Trace[i] = Step{Rule: r.name, Matched: o.stage == stageAllowed, Failed: o.failed}
+		if o.stage == stageAllowed {
+			notReached := fmt.Sprintf("not reached: rule %q matched first", r.name)
+			for j := i + 1; j < len(p.rules); j++ {
+				d.Trace[j] = Step{Rule: p.rules[j].name, Failed: notReached}
+			}
+			d.Allowed = true
+			d.Rule = r.name
+			d.Scopes = scopes
+			d.TTL = r.ttl
+			d.AccessLevel = r.accessLevel
+			d.Group = o.group
+			return d
+		}
+		if o.stage > best.stage || (o.stage == best.stage && o.matched > best.matched) {
+			best, bestRule = o, i
+		}
+	}
+	d.ScopeDenied = best.stage == stageScopes
+	if best.stage == stageClaims {
+		d.Reason = fmt.Sprintf("no rule matches this job's ID token (closest: rule %q: %s)", p.rules[bestRule].name, best.failed)
+	} else {
+		d.Reason = fmt.Sprintf("no rule allows this request (closest: rule %q: %s)", p.rules[bestRule].name, best.failed)
+	}
+	return d
+}
+
+// checkRequest validates the request itself and returns the wanted scope
+// set and the deduplicated scope list, or a reason.
+func checkRequest(req Request) (scopeSet, []string, string) {
+	if len(req.Scopes) == 0 {
+		return 0, nil, "request: no scopes requested"
+	}
+	var want scopeSet
+	scopes := make([]string, 0, len(req.Scopes))
+	for _, s := range req.Scopes {
+		bit, ok := scopeBit(s)
+		if !ok {
+			return 0, nil, fmt.Sprintf("request: unknown scope %s (known: %s)", strconv.Quote(s), strings.Join(scopeNames[:], ", "))
+		}
+		if want&bit == 0 {
+			scopes = append(scopes, s)
+		}
+		want |= bit
+	}
+	if !validProjectPath(req.Project) {
+		return 0, nil, fmt.Sprintf("request: %s is not a GitLab project path (want group/project)", strconv.Quote(req.Project))
+	}
+	return want, scopes, ""
+}
+
+// validProjectPath accepts what GitLab accepts in a full path: segments of
+// letters, digits, '_', '-' and '.', separated by single slashes, at least
+// two segments (a project lives in a namespace), no "." or ".." segments.
+func validProjectPath(s string) bool {
+	if s == "" || len(s) > 1024 {
+		return false
+	}
+	segs := 0
+	for seg := range strings.SplitSeq(s, "/") {
+		segs++
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+				return false
+			}
+		}
+	}
+	return segs >= 2
+}
+
+// quoter remembers the last claim value it quoted: consecutive rules that
+// fail on the same claim (the common case) share one strconv.Quote.
+type quoter struct{ in, out string }
+
+func (q *quoter) quote(v string) string {
+	if q.out == "" || q.in != v {
+		q.in, q.out = v, strconv.Quote(v)
+	}
+	return q.out
+}
+
+func (r *rule) evaluate(req Request, want scopeSet, q *quoter) outcome {
+	for i := range r.match {
+		m := &r.match[i]
+		v, ok := req.Claims[m.claim]
+		if !ok {
+			return outcome{stage: stageClaims, matched: i, failed: m.failMissing}
+		}
+		if !m.accepts(v) {
+			return outcome{stage: stageClaims, matched: i, failed: m.failPrefix + q.quote(v) + m.failSuffix}
+		}
+	}
+	group, ok := r.allowsTarget(req)
+	if !ok {
+		what := "allow.projects"
+		switch {
+		case len(r.projects) == 0:
+			what = "allow.groups"
+		case len(r.groups) > 0:
+			what = "allow.projects/allow.groups"
+		}
+		return outcome{stage: stageTarget, failed: fmt.Sprintf("%s: %s not listed", what, req.Project)}
+	}
+	if missing := want &^ r.scopes; missing != 0 {
+		for _, s := range req.Scopes {
+			if bit, _ := scopeBit(s); missing&bit != 0 {
+				return outcome{stage: stageScopes, failed: fmt.Sprintf("allow.scopes: %s not allowed (allowed: %s)", s, strings.Join(r.scopeList, ", "))}
+			}
+		}
+	}
+	return outcome{stage: stageAllowed, group: group}
+}
+
+func (m *claimMatch) accepts(v string) bool {
+	for _, g := range m.globs {
+		if matchGlob(g, v) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *claimMatch) describe() string {
+	if len(m.globs) == 1 {
+		return strconv.Quote(m.globs[0])
+	}
+	q := make([]string, len(m.globs))
+	for i, g := range m.globs {
+		q[i] = strconv.Quote(g)
+	}
+	return "any of [" + strings.Join(q, ", ") + "]"
+}
+
+// allowsTarget checks allow.groups first (the rule opted in to serving its
+// groups through one group credential), then allow.projects. For a group
+// entry it returns the shortest path prefix of the project that the entry
+// matches: the group that contains the project.
+func (r *rule) allowsTarget(req Request) (string, bool) {
+	if len(r.groups) > 0 {
+		for i := range r.groups {
+			g, ok := r.groups[i].expand(req.Claims)
+			if !ok {
+				continue
+			}
+			for j := 0; j < len(req.Project); j++ {
+				if req.Project[j] != '/' {
+					continue
+				}
+				if prefix := req.Project[:j]; matchGlob(g, prefix) {
+					return prefix, true
+				}
+			}
+		}
+	}
+	for i := range r.projects {
+		g, ok := r.projects[i].expand(req.Claims)
+		if ok && matchGlob(g, req.Project) {
+			return "", true
+		}
+	}
+	return "", false
+}

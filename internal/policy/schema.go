@@ -1,0 +1,150 @@
+package policy
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// claimKind is the type GitLab gives a claim in the ID token. Request.Claims
+// carries every claim in string form; the kind lets Parse reject a match
+// pattern that no real token could ever satisfy (`ref_protected: yes`,
+// `ref_type: branches`, `project_id: abc`).
+type claimKind int
+
+const (
+	kindString claimKind = iota // free text (may contain '/')
+	kindPath                    // a GitLab full path: group/subgroup/project
+	kindID                      // a decimal number
+	kindBool                    // "true" or "false"
+	kindEnum                    // one of a fixed set of values
+)
+
+type claimSpec struct {
+	kind   claimKind
+	values []string // kindEnum: the possible values
+}
+
+// claimSchema is the typed schema of GitLab's CI/CD ID-token claims
+// (lib/gitlab/ci/jwt.rb, jwt_v2.rb; docs "OpenID Connect (OIDC) Authentication
+// Using ID Tokens"). Claims whose value is not a scalar (aud may be a list,
+// groups_direct and user_identities are arrays) are left out on purpose:
+// their string form would be ambiguous. Timing claims (iat, nbf, exp) and jti
+// are the verifier's business, not the policy's.
+var claimSchema = map[string]claimSpec{
+	"iss":                   {kind: kindString},
+	"sub":                   {kind: kindString}, // project_path:{g}/{p}:ref_type:{t}:ref:{r} by default; projects can customise it
+	"namespace_id":          {kind: kindID},
+	"namespace_path":        {kind: kindPath},
+	"project_id":            {kind: kindID},
+	"project_path":          {kind: kindPath},
+	"job_project_id":        {kind: kindID},   // the project the job runs in (differs from project_* for fork MRs)
+	"job_project_path":      {kind: kindPath}, // GitLab 18.4+
+	"job_namespace_id":      {kind: kindID},
+	"job_namespace_path":    {kind: kindPath},
+	"user_id":               {kind: kindID},
+	"user_login":            {kind: kindString},
+	"user_email":            {kind: kindString},
+	"user_access_level":     {kind: kindString},
+	"pipeline_id":           {kind: kindID},
+	"pipeline_source":       {kind: kindString},
+	"job_id":                {kind: kindID},
+	"ref":                   {kind: kindString}, // branch or tag name, no refs/heads/ prefix; may contain '/'
+	"ref_type":              {kind: kindEnum, values: []string{"branch", "tag"}},
+	"ref_path":              {kind: kindString}, // refs/heads/main, refs/tags/v1
+	"ref_protected":         {kind: kindBool},
+	"environment":           {kind: kindString},
+	"environment_protected": {kind: kindBool},
+	"deployment_tier":       {kind: kindEnum, values: []string{"production", "staging", "testing", "development", "other"}},
+	"environment_action":    {kind: kindString},
+	"runner_id":             {kind: kindID},
+	"runner_environment":    {kind: kindEnum, values: []string{"gitlab-hosted", "self-hosted"}},
+	"sha":                   {kind: kindString},
+	"project_visibility":    {kind: kindEnum, values: []string{"public", "internal", "private"}},
+	"ci_config_ref_uri":     {kind: kindString},
+	"ci_config_sha":         {kind: kindString},
+}
+
+// KnownClaims lists, sorted, the ID-token claims a rule may use in match and
+// in {{claim}} templates.
+var KnownClaims = []string{
+	"ci_config_ref_uri", "ci_config_sha", "deployment_tier", "environment", "environment_action",
+	"environment_protected", "iss", "job_id", "job_namespace_id", "job_namespace_path",
+	"job_project_id", "job_project_path", "namespace_id", "namespace_path", "pipeline_id",
+	"pipeline_source", "project_id", "project_path", "project_visibility", "ref", "ref_path",
+	"ref_protected", "ref_type", "runner_environment", "runner_id", "sha", "sub", "user_access_level",
+	"user_email", "user_id", "user_login",
+}
+
+// pinClaims are the claims that, on https://gitlab.com, pin a rule to one
+// tenant's namespace or project.
+var pinClaims = map[string]bool{
+	"project_path": true, "namespace_path": true, "project_id": true, "namespace_id": true,
+}
+
+// tenantTemplateClaims are the claims a gitlab.com rule may use as the first
+// segment of an allow.projects/allow.groups entry: their value starts with
+// the job's own top-level namespace. Any other claim (ref, environment…) is
+// chosen by whoever runs the pipeline and could name another tenant.
+var tenantTemplateClaims = map[string]bool{
+	"namespace_path": true, "project_path": true, "job_namespace_path": true, "job_project_path": true,
+}
+
+// KnownScopes lists the scopes a rule may grant: the project deploy-token
+// scopes (read_repository, read_registry, write_registry,
+// read_package_registry, write_package_registry), which are minted as deploy
+// tokens, and write_repository, read_api and api, which need a project access
+// token. GitLab's read_virtual_registry/write_virtual_registry exist only for
+// group deploy tokens (GitLab hides them for project tokens) and are not
+// offered.
+var KnownScopes = slices.Clone(scopeNames[:])
+
+// scopeNames is the package's own copy: a caller changing KnownScopes must
+// not change what a policy grants.
+var scopeNames = [...]string{
+	"read_repository", "read_registry", "write_registry", "read_package_registry",
+	"write_package_registry", "write_repository", "read_api", "api",
+}
+
+// scopeSet is a bit set over scopeNames.
+type scopeSet uint32
+
+func scopeBit(name string) (scopeSet, bool) {
+	for i, s := range scopeNames {
+		if s == name {
+			return 1 << uint(i), true
+		}
+	}
+	return 0, false
+}
+
+// Access levels are GitLab's role numbers.
+const (
+	AccessGuest      = 10
+	AccessReporter   = 20
+	AccessDeveloper  = 30
+	AccessMaintainer = 40
+)
+
+var accessLevels = map[string]int{
+	"guest": AccessGuest, "reporter": AccessReporter, "developer": AccessDeveloper, "maintainer": AccessMaintainer,
+}
+
+// AccessLevel maps a role name (guest, reporter, developer, maintainer) or its
+// number ("10", "20", "30", "40") to GitLab's access level.
+func AccessLevel(name string) (int, bool) {
+	name = strings.TrimSpace(name)
+	if n, ok := accessLevels[strings.ToLower(name)]; ok {
+		return n, true
+	}
+	n, err := strconv.Atoi(name)
+	if err != nil {
+		return 0, false
+	}
+	for _, v := range accessLevels {
+		if v == n {
+			return n, true
+		}
+	}
+	return 0, false
+}
