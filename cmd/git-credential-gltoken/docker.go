@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"gltoken.dev/gltoken/internal/client"
+	"gltoken.dev/gltoken/internal/dockercred"
+)
+
+func runDocker(ctx context.Context, name string, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	versionLine := fmt.Sprintf("%s (%s) %s", name, modulePath, version)
+	if len(args) != 1 {
+		fmt.Fprintf(stdout, "Usage: %s <store|get|erase|list|version>\n", name)
+		return 1
+	}
+	switch args[0] {
+	case "--help", "-h", "help":
+		fmt.Fprint(stdout, dockerHelp(name))
+		return 0
+	case "--version":
+		fmt.Fprintln(stdout, versionLine)
+		return 0
+	}
+	h := &dockerHelper{
+		s: &settings{
+			daemon:      envOr(env, "GLTOKEN_DAEMON", defaultDaemon),
+			idTokenEnv:  defaultIDTokenEnv,
+			idTokenFile: env("GLTOKEN_ID_TOKEN_FILE"),
+			caFile:      env("GLTOKEN_CA_FILE"),
+			margin:      defaultMargin,
+			env:         env,
+			trace:       tracer(env, stderr),
+		},
+		scope:  envOr(env, "GLTOKEN_SCOPE", defaultScope),
+		stderr: stderr,
+	}
+	h.s.trace("%s %s (version %s, daemon %s)", name, args[0], version, h.s.daemon)
+	return dockercred.Handle(ctx, h, args[0], stdin, stdout, versionLine)
+}
+
+// dockerHelper answers docker with a registry credential minted for the
+// project named by GLTOKEN_REGISTRY_PROJECT (default: the CI job's own project).
+type dockerHelper struct {
+	s      *settings
+	scope  string
+	stderr io.Writer
+}
+
+var _ dockercred.Helper = (*dockerHelper)(nil)
+
+// notFound tells the user why on stderr and docker "not found" on stdout, so
+// that docker goes on anonymously (public images still pull).
+func (h *dockerHelper) notFound(format string, args ...any) error {
+	failf(h.stderr, format, args...)
+	return dockercred.ErrNotFound
+}
+
+func (h *dockerHelper) Get(ctx context.Context, serverURL string) (dockercred.Credentials, error) {
+	host, err := dockercred.Host(serverURL)
+	if err != nil {
+		return dockercred.Credentials{}, fmt.Errorf("gltoken: %w", err)
+	}
+	project := envOr(h.s.env, "GLTOKEN_REGISTRY_PROJECT", h.s.env("CI_PROJECT_PATH"))
+	if project == "" {
+		return dockercred.Credentials{}, h.notFound("no registry project for %s: set GLTOKEN_REGISTRY_PROJECT to the project path (in a CI job CI_PROJECT_PATH is used)", host)
+	}
+	scopes := []string{"read_registry"}
+	if asked, err := parseScopes(h.scope); err == nil && slices.Contains(asked, "write_registry") {
+		scopes = append(scopes, "write_registry")
+	}
+	resource := "https://" + host + "/" + project
+	idToken, err := h.s.idToken()
+	var noToken errNoIDToken
+	if errors.As(err, &noToken) {
+		return dockercred.Credentials{}, h.notFound("%v", err)
+	}
+	if err != nil {
+		return dockercred.Credentials{}, fmt.Errorf("gltoken: %w", err)
+	}
+	c, err := h.s.client()
+	if err != nil {
+		return dockercred.Credentials{}, fmt.Errorf("gltoken: no credential for %s: %s", resource, describe(err))
+	}
+	defer c.Close()
+	tok, err := h.s.exchange(ctx, c, idToken, resource, scopes)
+	var de *client.Error
+	if errors.As(err, &de) && de.Code == "invalid_target" {
+		return dockercred.Credentials{}, h.notFound("no credential for %s: %s", resource, describe(err))
+	}
+	if err != nil {
+		return dockercred.Credentials{}, fmt.Errorf("gltoken: no credential for %s: %s", resource, describe(err))
+	}
+	return dockercred.Credentials{ServerURL: serverURL, Username: tok.Username, Secret: tok.AccessToken}, nil
+}
+
+// Store keeps nothing: every get mints, or the daemon serves from its cache.
+func (h *dockerHelper) Store(context.Context, dockercred.Credentials) error {
+	h.s.trace("store: nothing to do")
+	return nil
+}
+
+// Erase cannot revoke: docker names only the registry, not the credential.
+func (h *dockerHelper) Erase(_ context.Context, serverURL string) error {
+	fmt.Fprintln(h.stderr, oneLine("gltoken: erase "+serverURL+": nothing stored, nothing revoked; registry credentials from gltoken expire on their own"))
+	return nil
+}
+
+func (h *dockerHelper) List(context.Context) (map[string]string, error) {
+	return map[string]string{}, nil
+}

@@ -1,0 +1,159 @@
+package main
+
+import "strings"
+
+func gitHelp(name string) string {
+	return strings.ReplaceAll(`NAME
+    {{name}} - git credential helper that mints short-lived GitLab credentials
+
+SYNOPSIS
+    {{name}} [--daemon URL] [--id-token-env VAR | --id-token-file PATH]
+        [--scope SCOPE[,SCOPE…]] [--ca-file PEM] [--margin DURATION] get|store|erase
+    {{name}} configure [--global] [--host URL] [--remove]
+    {{name}} --help | --version
+    docker-credential-gltoken get|store|erase|list|version
+
+DESCRIPTION
+    git runs this helper when it needs a password for an https remote. The
+    helper sends the CI job's GitLab ID token and the repository URL to the
+    gltoken daemon (exchanged), which checks its trust policy and mints a
+    credential that lives only as long as the policy, the daemon and the ID
+    token allow. The helper prints username, password and password_expiry_utc
+    for git, and never a credential with less than --margin of life left.
+
+    get     answer git with a freshly minted (or daemon-cached) credential.
+    store   does nothing: nothing is kept on disk.
+    erase   git rejected a credential (HTTP 401): revoke exactly that one, so
+            the next get mints afresh.
+    configure
+            write the two git config lines below (runs git config); with
+            --remove, delete them.
+    Any other operation is ignored (exit 0), as git asks of helpers.
+
+    Every failure is one line on standard error, starting "gltoken:", that
+    says what failed and what to do; nothing is printed on standard output.
+
+    Installed or linked as docker-credential-gltoken, the same binary is a
+    docker credential helper: get mints a registry credential for
+    https://<registry host>/<GLTOKEN_REGISTRY_PROJECT>, list prints {}, store
+    and erase keep and revoke nothing.
+
+OPTIONS
+    --daemon URL
+        The daemon: unix:///path/to/socket, https://host[:port], or plain
+        http:// to 127.0.0.1, [::1] or localhost only (the ID token never
+        crosses a network in clear). Default: $GLTOKEN_DAEMON, else
+        unix:///run/gltoken/exchanged.sock.
+    --id-token-env VAR
+        The environment variable holding the ID token. Default GLTOKEN_ID_TOKEN.
+    --id-token-file PATH
+        Read the ID token from PATH instead. Default $GLTOKEN_ID_TOKEN_FILE.
+    --scope SCOPE[,SCOPE…]
+        GitLab scopes to ask for, separated by commas or spaces
+        (read_repository, write_repository, read_registry, …).
+        Default $GLTOKEN_SCOPE, else read_repository.
+    --ca-file PEM
+        Also trust this CA for an https daemon. Default $GLTOKEN_CA_FILE.
+    --margin DURATION
+        Refuse credentials with less life left than this (asking the daemon
+        once more first). Default 60s.
+    --global
+        configure: write to the global git config instead of the repository's.
+    --host URL
+        configure: the GitLab URL, https://gitlab.example.com. Default
+        $CI_SERVER_URL.
+    --remove
+        configure: remove the lines instead of writing them.
+    -h, --help
+        Print this page.
+    --version
+        Print the version.
+
+ENVIRONMENT
+    GLTOKEN_DAEMON          the daemon URL (see --daemon).
+    GLTOKEN_ID_TOKEN        the ID token (a GitLab CI/CD ID token, a JWT).
+    GLTOKEN_ID_TOKEN_FILE   a file holding the ID token (see --id-token-file).
+    GLTOKEN_SCOPE           scopes (see --scope); in docker mode only
+                            write_registry matters (read_registry is implied).
+    GLTOKEN_CA_FILE         CA bundle for an https daemon.
+    GLTOKEN_REGISTRY_PROJECT
+                            docker mode: the registry project path; default
+                            $CI_PROJECT_PATH.
+    GLTOKEN_DEBUG=1         trace each step on standard error; secrets appear
+                            only as SHA-256 fingerprints.
+    CI_SERVER_URL           configure: the default --host.
+
+GIT CONFIGURATION
+    git must send the repository path, or the helper cannot tell which
+    repository to ask for:
+
+        git config --global credential.https://gitlab.example.com.helper gltoken
+        git config --global credential.https://gitlab.example.com.useHttpPath true
+
+    {{name}} configure --global --host https://gitlab.example.com writes both.
+    A storing helper (cache, store) configured before this one may serve an
+    expired token to a git older than 2.40, which ignores password_expiry_utc.
+
+EXAMPLES
+    In .gitlab-ci.yml:
+
+        job:
+          id_tokens:
+            GLTOKEN_ID_TOKEN:
+              aud: https://gltoken.example.com
+          variables:
+            GLTOKEN_DAEMON: https://gltoken.example.com
+          script:
+            - {{name}} configure --global --host "$CI_SERVER_URL"
+            - git clone https://gitlab.example.com/platform/lib.git
+
+    Push access (the policy must allow write_repository):
+
+        GLTOKEN_SCOPE=read_repository,write_repository git push
+
+    By hand, as git calls it:
+
+        printf 'protocol=https\nhost=gitlab.example.com\npath=platform/lib.git\n\n' |
+            GLTOKEN_DEBUG=1 {{name}} get
+
+    docker/podman/skopeo, in ~/.docker/config.json:
+
+        {"credHelpers": {"registry.example.com": "gltoken"}}
+
+EXIT STATUS
+    0   success, or an operation git does not need answered.
+    1   failure; one line on standard error says why (git ignores the
+        status and goes on with its next helper or a prompt).
+    2   bad command line.
+`, "{{name}}", name)
+}
+
+func dockerHelp(name string) string {
+	return strings.ReplaceAll(`NAME
+    {{name}} - docker credential helper that mints short-lived GitLab registry credentials
+
+SYNOPSIS
+    {{name}} get|store|erase|list|version
+
+DESCRIPTION
+    docker, podman, skopeo, buildah and crane run this helper for registries
+    listed in "credHelpers" of ~/.docker/config.json. get reads the registry
+    from standard input and asks the gltoken daemon for a credential for
+    https://<registry host>/<project> with the scope read_registry (plus
+    write_registry when GLTOKEN_SCOPE names it). Without an ID token, a
+    project, or a policy rule it answers "credentials not found in native
+    keychain" (docker then goes on anonymously) and says why on standard
+    error. store and erase keep and revoke nothing; list prints {}.
+
+ENVIRONMENT
+    GLTOKEN_DAEMON, GLTOKEN_ID_TOKEN, GLTOKEN_ID_TOKEN_FILE, GLTOKEN_CA_FILE,
+    GLTOKEN_SCOPE, GLTOKEN_DEBUG: as for git-credential-gltoken.
+    GLTOKEN_REGISTRY_PROJECT  the project path; default $CI_PROJECT_PATH.
+
+EXAMPLES
+    echo registry.example.com | {{name}} get
+
+EXIT STATUS
+    0 success; 1 failure, with the message on standard output as docker expects.
+`, "{{name}}", name)
+}
