@@ -85,33 +85,64 @@ var ErrExists = errors.New("ledger: record already exists")
 
 // Store persists records. Every method is safe for concurrent use, and for use
 // by several processes sharing one database (PostgreSQL replicas).
+//
+// The contract, which package ledgertest checks for every implementation:
+//   - Times are stored in UTC at microsecond precision (at least millisecond)
+//     and come back in time.UTC; a zero time stays zero.
+//   - Scopes round-trip as a list, order kept; an empty list comes back empty.
+//   - SecretSHA256 is the only trace of a secret: stores refuse anything that
+//     is not 64 hex digits (so a raw token can never be stored by mistake) and
+//     keep it lowercase.
+//   - LastError and Abandon reasons are stored as valid UTF-8 without NUL
+//     bytes, cut to at most 1024 bytes.
+//   - Input a method refuses (empty id, zero times that would keep a record
+//     from ever being reaped, a bad fingerprint, limit or lease <= 0) is an
+//     error that changes nothing.
+//   - Transitions only go forward: Pending -> Active -> Revoked,
+//     Pending -> Revoked, Pending -> Abandoned.
 type Store interface {
-	// CreateIntent inserts a Pending record. NextAttemptAt is the end of the
-	// mint's lease: after it, a reaper may reconcile the intent.
+	// CreateIntent inserts a Pending record with every field as given (State
+	// must be Pending or empty). NextAttemptAt is the end of the mint's lease:
+	// after it, a reaper may reconcile the intent. ID, a known Kind, CreatedAt and
+	// NextAttemptAt are required. ErrExists if the id is taken.
 	CreateIntent(ctx context.Context, r Record) error
 	// Activate moves a Pending record to Active with what GitLab returned.
-	// NextAttemptAt becomes expiresAt (the revocation time). ErrConflict if the
-	// record is not Pending any more; ErrNotFound if there is none.
+	// ExpiresAt and NextAttemptAt both become expiresAt (the revocation time,
+	// which must not be zero); Attempts and LastError are kept. ErrConflict if
+	// the record is not Pending any more (the caller then revokes the credential
+	// itself); ErrNotFound if there is none.
 	Activate(ctx context.Context, id string, gitlabID int64, username, secretSHA256 string, expiresAt time.Time) error
-	// Abandon moves a Pending record to Abandoned (nothing exists in GitLab).
+	// Abandon moves a Pending record to Abandoned (nothing exists in GitLab),
+	// with reason as LastError. Idempotent on Abandoned (the first reason
+	// stays); ErrConflict from Active or Revoked; ErrNotFound if there is none.
 	Abandon(ctx context.Context, id, reason string) error
-	// MarkRevoked moves a Pending or Active record to Revoked (idempotent on Revoked).
+	// MarkRevoked moves a Pending or Active record to Revoked with RevokedAt =
+	// at. Idempotent on Revoked (the first RevokedAt stays); ErrConflict from
+	// Abandoned; ErrNotFound if there is none.
 	MarkRevoked(ctx context.Context, id string, at time.Time) error
 	// ClaimDue returns at most limit records that are Pending or Active with
-	// NextAttemptAt <= now, oldest first, and atomically pushes their
-	// NextAttemptAt to now+lease so no other reaper takes them meanwhile.
+	// NextAttemptAt <= now, oldest first (by NextAttemptAt, then ID), and
+	// atomically pushes their NextAttemptAt to now+lease so no other reaper
+	// (goroutine, Store instance or replica) takes them until the lease ends.
+	// The records come back with the new NextAttemptAt. limit and lease must
+	// be positive.
 	ClaimDue(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Record, error)
-	// RetryLater records a failed attempt: Attempts+1, LastError, NextAttemptAt.
+	// RetryLater records a failed attempt on a Pending or Active record:
+	// Attempts+1, LastError, NextAttemptAt = next (not zero). ErrConflict on
+	// Revoked or Abandoned; ErrNotFound if there is none.
 	RetryLater(ctx context.Context, id string, next time.Time, lastErr string) error
 	// Get returns the record with that id, or ErrNotFound.
 	Get(ctx context.Context, id string) (Record, error)
-	// FindBySecret returns the record whose SecretSHA256 matches.
+	// FindBySecret returns the record whose SecretSHA256 matches (hex, either
+	// case), in whatever state, or ErrNotFound (always for "").
 	FindBySecret(ctx context.Context, secretSHA256 string) (Record, error)
-	// ListPending lists every Pending record (for start-up reconciliation).
+	// ListPending lists every Pending record, oldest CreatedAt first (for
+	// start-up reconciliation).
 	ListPending(ctx context.Context) ([]Record, error)
 	// CountActive counts Active records (the live-tokens gauge).
 	CountActive(ctx context.Context) (int, error)
 	// Ping checks the store is reachable (readiness).
 	Ping(ctx context.Context) error
+	// Close releases the store; later calls fail. Calling it again is a no-op.
 	Close() error
 }

@@ -1,0 +1,339 @@
+package sqlite
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/ledger/ledgertest"
+)
+
+func openTB(tb testing.TB, path string) *Store {
+	tb.Helper()
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		tb.Fatalf("Open(%s): %v", path, err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestContract(t *testing.T) {
+	ledgertest.Run(t, func(t *testing.T) ledger.Store {
+		return openTB(t, filepath.Join(t.TempDir(), "state.db"))
+	})
+}
+
+func TestContractTwoInstances(t *testing.T) {
+	ledgertest.RunShared(t, func(t *testing.T) (ledger.Store, ledger.Store) {
+		path := filepath.Join(t.TempDir(), "state.db")
+		return openTB(t, path), openTB(t, path)
+	})
+}
+
+func TestSurvivesReopen(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "state.db")
+	t0 := time.Date(2026, 11, 27, 2, 0, 0, 123456000, time.UTC)
+
+	s := openTB(t, path)
+	if err := s.CreateIntent(ctx, ledgertest.NewRecord("kept-pending", t0, t0.Add(time.Minute))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateIntent(ctx, ledgertest.NewRecord("kept-active", t0, t0.Add(time.Minute))); err != nil {
+		t.Fatal(err)
+	}
+	sha := ledgertest.Fingerprint("gldt-kept")
+	if err := s.Activate(ctx, "kept-active", 9, "gitlab+deploy-token-9", sha, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	want, err := s.Get(ctx, "kept-active")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTB(t, path)
+	got, err := s.FindBySecret(ctx, sha)
+	if err != nil {
+		t.Fatalf("FindBySecret after reopen: %v", err)
+	}
+	if got.ID != want.ID || got.State != ledger.Active || !got.NextAttemptAt.Equal(want.NextAttemptAt) ||
+		!got.CreatedAt.Equal(t0) || strings.Join(got.Scopes, " ") != strings.Join(want.Scopes, " ") {
+		t.Errorf("after reopen: %+v, want %+v", got, want)
+	}
+	pending, err := s.ListPending(ctx)
+	if err != nil || len(pending) != 1 || pending[0].ID != "kept-pending" {
+		t.Errorf("ListPending after reopen = %+v, %v", pending, err)
+	}
+	if n, err := s.CountActive(ctx); err != nil || n != 1 {
+		t.Errorf("CountActive after reopen = %d, %v", n, err)
+	}
+}
+
+// TestDurabilitySettings checks what makes an acknowledged record survive a
+// crash: WAL, synchronous=FULL, on every write connection.
+func TestDurabilitySettings(t *testing.T) {
+	s := openTB(t, filepath.Join(t.TempDir(), "state.db"))
+	ctx := t.Context()
+	for _, tc := range []struct {
+		pragma string
+		want   string
+	}{
+		{"journal_mode", "wal"},
+		{"synchronous", "2"},
+		{"foreign_keys", "1"},
+		{"busy_timeout", "10000"},
+		{"user_version", "1"},
+	} {
+		var got string
+		if err := s.writer.QueryRowContext(ctx, "PRAGMA "+tc.pragma).Scan(&got); err != nil {
+			t.Fatalf("PRAGMA %s: %v", tc.pragma, err)
+		}
+		if got != tc.want {
+			t.Errorf("PRAGMA %s = %s, want %s", tc.pragma, got, tc.want)
+		}
+	}
+	var qo string
+	if err := s.reader.QueryRowContext(ctx, "PRAGMA query_only").Scan(&qo); err != nil || qo != "1" {
+		t.Errorf("reader query_only = %q, %v; want 1", qo, err)
+	}
+	// The claim query uses its index.
+	var plan strings.Builder
+	rows, err := s.writer.QueryContext(ctx, "EXPLAIN QUERY PLAN "+claimIDs, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan.WriteString(detail + "\n")
+	}
+	rows.Close()
+	if !strings.Contains(plan.String(), "ledger_records_due") || strings.Contains(plan.String(), "TEMP B-TREE") {
+		t.Errorf("ClaimDue's query does not walk ledger_records_due in order:\n%s", plan.String())
+	}
+}
+
+func TestOpenCreatesFile0600(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new.db")
+	openTB(t, path)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("mode = %v, want 0600", perm)
+	}
+}
+
+func TestOpenPathWithURICharacters(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a dir?x=1#frag%20")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "state?mode=ro.db")
+	s := openTB(t, path)
+	if err := s.CreateIntent(t.Context(), ledgertest.NewRecord("x", time.Now(), time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("database not at the path given: %v", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "state?mode=ro.db") {
+			t.Errorf("stray file %q in %s", e.Name(), dir)
+		}
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	notDB := filepath.Join(dir, "garbage.db")
+	if err := os.WriteFile(notDB, []byte(strings.Repeat("this is not a database\n", 100)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	aFile := filepath.Join(dir, "file")
+	if err := os.WriteFile(aFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, dsn, want string
+	}{
+		{"empty", "", "no database path"},
+		{"missing directory", filepath.Join(dir, "nope", "state.db"), "does not exist"},
+		{"parent is a file", filepath.Join(aFile, "state.db"), "not a directory"},
+		{"a directory", dir, "is a directory"},
+		{"not a database", notDB, "not a database"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(t.Context(), tc.dsn)
+			if err == nil {
+				s.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Open: %v, want it to say %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nope")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Open created the missing directory")
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTB(t, path)
+	if _, err := s.writer.ExecContext(t.Context(), "PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err := Open(t.Context(), path); err == nil {
+		s.Close()
+		t.Fatal("Open accepted a newer schema")
+	} else if !strings.Contains(err.Error(), "newer") {
+		t.Errorf("Open: %v, want it to say the schema is newer", err)
+	}
+}
+
+// TestNoSecretStored: whatever the caller does, the file holds fingerprints only.
+func TestNoSecretStored(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTB(t, path)
+	ctx := t.Context()
+	const secret = "gldt-s3cr3tS3cr3tS3cr3t"
+	now := time.Now()
+	if err := s.CreateIntent(ctx, ledgertest.NewRecord("n", now, now)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Activate(ctx, "n", 1, "u", secret, now.Add(time.Hour)); err == nil {
+		t.Fatal("Activate stored a raw secret as its fingerprint")
+	} else if strings.Contains(err.Error(), secret) {
+		t.Fatalf("the error quotes the secret: %v", err)
+	}
+	if err := s.Activate(ctx, "n", 1, "u", ledgertest.Fingerprint(secret), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for _, f := range []string{path, path + "-wal"} {
+		b, err := os.ReadFile(f)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), secret) {
+			t.Errorf("%s contains the secret", f)
+		}
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var sha string
+	if err := db.QueryRow("SELECT secret_sha256 FROM ledger_records WHERE id = 'n'").Scan(&sha); err != nil {
+		t.Fatal(err)
+	}
+	if sha != ledgertest.Fingerprint(secret) {
+		t.Errorf("stored %q, want the fingerprint", sha)
+	}
+}
+
+func BenchmarkCreateActivate(b *testing.B) {
+	ledgertest.BenchCreateActivate(b, openTB(b, filepath.Join(b.TempDir(), "state.db")))
+}
+
+func BenchmarkClaimDue(b *testing.B) {
+	ledgertest.BenchClaimDue(b, openTB(b, filepath.Join(b.TempDir(), "state.db")))
+}
+
+// TestKillNineLosesNothing runs a writer in a child process, kills it with
+// SIGKILL in the middle of its writes, and checks that every write the child
+// saw acknowledged is in the database when it is opened again.
+func TestKillNineLosesNothing(t *testing.T) {
+	if os.Getenv("GLTOKEN_SQLITE_CRASH_WRITER") != "" {
+		crashWriter()
+		return
+	}
+	path := filepath.Join(t.TempDir(), "state.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKillNineLosesNothing$")
+	cmd.Env = append(os.Environ(), "GLTOKEN_SQLITE_CRASH_WRITER="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The child prints each id once CreateIntent (or Activate) has returned.
+	const enough = 150
+	var acked []string
+	sc := bufio.NewScanner(out)
+	for len(acked) < enough && sc.Scan() {
+		acked = append(acked, sc.Text())
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	if len(acked) < enough {
+		t.Fatalf("the child acknowledged only %d writes before it stopped", len(acked))
+	}
+
+	s := openTB(t, path)
+	for _, line := range acked {
+		id, activated := strings.CutSuffix(line, " active")
+		r, err := s.Get(t.Context(), id)
+		if err != nil {
+			t.Errorf("acknowledged write of %s lost: %v", id, err)
+			continue
+		}
+		if activated && r.State != ledger.Active {
+			t.Errorf("acknowledged activation of %s lost: State %q", id, r.State)
+		}
+	}
+}
+
+// crashWriter is the child of TestKillNineLosesNothing: it writes until it is
+// killed.
+func crashWriter() {
+	ctx := context.Background()
+	s, err := Open(ctx, os.Getenv("GLTOKEN_SQLITE_CRASH_WRITER"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	now := time.Now()
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("crash-%06d", i)
+		if err := s.CreateIntent(ctx, ledgertest.NewRecord(id, now, now)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Println(id)
+		if i%2 == 0 {
+			if err := s.Activate(ctx, id, int64(i), "u", ledgertest.Fingerprint(id), now.Add(time.Hour)); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
+			fmt.Println(id + " active")
+		}
+	}
+}
