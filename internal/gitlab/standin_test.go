@@ -1,0 +1,327 @@
+package gitlab
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/gitlabfake"
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// These tests run the adapter against the project's GitLab stand-in.
+
+type standin struct {
+	s     *gitlabfake.Server
+	c     testClient
+	token string
+	now   func() time.Time
+}
+
+func newStandin(t *testing.T) standin {
+	t.Helper()
+	var mu sync.Mutex
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := gitlabfake.Start(t, gitlabfake.Options{Now: clock})
+	svc := s.AddUser("gltoken-svc")
+	s.AddProject("platform/lib")
+	s.AddProject("platform/tools/cli")
+	s.AddGroup("platform/tools")
+	s.AddMember(svc, "platform/lib", gitlabfake.Maintainer)
+	s.AddMember(svc, "platform/tools", gitlabfake.Owner)
+	exp := now.AddDate(0, 3, 0)
+	token := s.CreatePersonalAccessToken(svc, "gltoken", []string{"api"}, &exp)
+	return standin{s: s, c: newTestClient(t, s.URL(), token, clock), token: token, now: clock}
+}
+
+// count counts the requests the stand-in logged. It logs a request after
+// answering it, so a request whose answer was lost may show up late: count
+// those with testClient.attempts instead.
+func (st standin) count(method, prefix string) int {
+	n := 0
+	for _, r := range st.s.Requests() {
+		if r.Method == method && strings.HasPrefix(r.Path, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// answers reports whether the stand-in served (not 501) a request under prefix.
+func (st standin) answers(method, prefix string) bool {
+	for _, r := range st.s.Requests() {
+		if r.Method == method && strings.HasPrefix(r.Path, prefix) && r.Status != http.StatusNotImplemented {
+			return true
+		}
+	}
+	return false
+}
+
+func (st standin) liveTokens(name string) int {
+	n := 0
+	for _, tok := range st.s.Tokens() {
+		if tok.Name == name && !tok.Revoked && !tok.Deleted {
+			n++
+		}
+	}
+	return n
+}
+
+func TestStandinMintEachKind(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	now := st.now()
+	ttl := 90*time.Minute + 700*time.Millisecond
+	tests := []struct {
+		kind   ledger.Kind
+		fkind  string
+		owner  string
+		scopes []string
+		level  int
+	}{
+		{ledger.ProjectDeployToken, gitlabfake.KindDeployProject, "platform/lib", []string{"read_repository", "read_registry"}, 0},
+		{ledger.GroupDeployToken, gitlabfake.KindDeployGroup, "platform/tools", []string{"read_repository"}, 0},
+		{ledger.ProjectAccessToken, gitlabfake.KindProjectAccess, "platform/lib", []string{"write_repository"}, 30},
+		{ledger.GroupAccessToken, gitlabfake.KindGroupAccess, "platform/tools", []string{"read_api", "read_repository"}, 20},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.kind), func(t *testing.T) {
+			name := "gltoken-" + strings.ReplaceAll(string(tt.kind), "_", "-")
+			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: tt.kind, Owner: tt.owner,
+				Scopes: tt.scopes, ExpiresAt: now.Add(ttl), AccessLevel: tt.level})
+			if err != nil {
+				t.Fatalf("Mint: %v", err)
+			}
+			tok, ok := st.s.TokenByName(name)
+			if !ok {
+				t.Fatalf("stand-in has no token %s", name)
+			}
+			if tok.Kind != tt.fkind || tok.OwnerPath != tt.owner || tok.ID != cred.GitLabID {
+				t.Errorf("token = %s %s #%d, want %s %s #%d", tok.Kind, tok.OwnerPath, tok.ID, tt.fkind, tt.owner, cred.GitLabID)
+			}
+			if strings.Join(tok.Scopes, " ") != strings.Join(tt.scopes, " ") {
+				t.Errorf("scopes = %v, want %v", tok.Scopes, tt.scopes)
+			}
+			if tok.SecretSHA256 != fingerprint(cred.Secret) {
+				t.Errorf("secret fingerprint differs from the stand-in's")
+			}
+			switch {
+			case !isAccessToken(tt.kind) || st.answers(http.MethodGet, "/api/v4/users/"):
+				if tok.Username != cred.Username || cred.Username == "" {
+					t.Errorf("username = %q, stand-in says %q", cred.Username, tok.Username)
+				}
+			default:
+				// The stand-in has no GET /users/:id (GitLab has): the
+				// adapter falls back to the token name, which git accepts.
+				t.Logf("stand-in lacks GET /users/:id; checking the fallback username")
+				if cred.Username != name {
+					t.Errorf("username = %q, want the fallback %q", cred.Username, name)
+				}
+			}
+			if tok.ExpiresAt == nil {
+				t.Fatal("token never expires")
+			}
+			if isAccessToken(tt.kind) {
+				if tok.AccessLevel != tt.level {
+					t.Errorf("access level = %d, want %d", tok.AccessLevel, tt.level)
+				}
+				want := AccessTokenExpiryDate(now.Add(ttl))
+				if !tok.ExpiresAt.Equal(want) || !tok.ExpiresAt.After(now.Add(ttl)) {
+					t.Errorf("expires_at = %s, want %s", tok.ExpiresAt, want)
+				}
+				if !cred.ExpiresAt.Equal(now.Add(ttl)) {
+					t.Errorf("credential expiry = %s, want the real TTL %s", cred.ExpiresAt, now.Add(ttl))
+				}
+			} else {
+				want := now.Add(ttl).Truncate(time.Second)
+				if !tok.ExpiresAt.Equal(want) || !cred.ExpiresAt.Equal(want) {
+					t.Errorf("expires_at = %s (credential %s), want %s exactly", tok.ExpiresAt, cred.ExpiresAt, want)
+				}
+				if cred.Username != "gitlab+deploy-token-"+strconv.FormatInt(tok.ID, 10) {
+					t.Errorf("username = %q, want GitLab's default", cred.Username)
+				}
+			}
+			if cred.Owner == "" || cred.Owner == tt.owner {
+				t.Errorf("credential owner = %q, want the numeric id", cred.Owner)
+			}
+			if strings.Contains(st.c.logs.String(), cred.Secret) || strings.Contains(st.c.logs.String(), st.token) {
+				t.Fatal("secret in logs")
+			}
+		})
+	}
+}
+
+func TestStandinLostResponseReconciles(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	if _, err := st.c.ResolveProject(ctx, "platform/lib"); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.ProjectAccessToken} {
+		t.Run(string(kind), func(t *testing.T) {
+			before := st.c.attempts(http.MethodPost)
+			remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, PathPrefix: "/api/v4/projects/", LoseResponse: true, Times: 1})
+			defer remove()
+			name := "gltoken-lost-" + strings.ReplaceAll(string(kind), "_", "-")
+			_, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: "platform/lib",
+				Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20})
+			if !errors.Is(err, exchange.ErrAmbiguous) {
+				t.Fatalf("Mint = %v, want ErrAmbiguous", err)
+			}
+			if n := st.c.attempts(http.MethodPost) - before; n != 1 {
+				t.Fatalf("%d POSTs, want 1", n)
+			}
+			if n := st.liveTokens(name); n != 1 {
+				t.Fatalf("%d live tokens named %s, want 1 (the create happened once)", n, name)
+			}
+			ref, ok, err := st.c.FindByName(ctx, kind, "platform/lib", name)
+			if err != nil || !ok {
+				t.Fatalf("FindByName = %v %v", ok, err)
+			}
+			tok, _ := st.s.TokenByName(name)
+			if ref.GitLabID != tok.ID {
+				t.Fatalf("found #%d, stand-in has #%d", ref.GitLabID, tok.ID)
+			}
+			if err := st.c.Revoke(ctx, ref); err != nil {
+				t.Fatalf("Revoke: %v", err)
+			}
+			if n := st.liveTokens(name); n != 0 {
+				t.Fatalf("%d live tokens after revoke", n)
+			}
+			if _, ok, err := st.c.FindByName(ctx, kind, "platform/lib", name); err != nil || ok {
+				t.Fatalf("FindByName after revoke = %v %v, want none", ok, err)
+			}
+			if n := st.c.attempts(http.MethodPost) - before; n != 1 {
+				t.Fatalf("%d POSTs in all, want 1: nothing minted twice", n)
+			}
+		})
+	}
+}
+
+func TestStandinServerErrorNotRetried(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	if _, err := st.c.ResolveProject(ctx, "platform/lib"); err != nil {
+		t.Fatal(err)
+	}
+	remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, PathPrefix: "/api/v4/projects/", Status: 503})
+	defer remove()
+	_, err := st.c.Mint(ctx, exchange.MintRequest{Name: "gltoken-5xx", Kind: ledger.ProjectDeployToken, Owner: "platform/lib",
+		Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour)})
+	if !errors.Is(err, exchange.ErrAmbiguous) {
+		t.Fatalf("Mint = %v, want ErrAmbiguous", err)
+	}
+	if n := st.c.attempts(http.MethodPost); n != 1 {
+		t.Fatalf("%d POSTs, want 1 (client-go's retry is off for creates)", n)
+	}
+	if n := st.count(http.MethodPost, "/api/v4/projects/"); n != 1 {
+		t.Fatalf("the stand-in saw %d POSTs, want 1", n)
+	}
+	if _, ok, err := st.c.FindByName(ctx, ledger.ProjectDeployToken, "platform/lib", "gltoken-5xx"); err != nil || ok {
+		t.Fatalf("FindByName = %v %v, want none", ok, err)
+	}
+}
+
+func TestStandinErrorMapping(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	st.s.AddProject("other/secret") // the service account is no member: GitLab hides it (404)
+
+	req := func(owner string, kind ledger.Kind) exchange.MintRequest {
+		return exchange.MintRequest{Name: "gltoken-e-" + owner, Kind: kind, Owner: owner,
+			Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20}
+	}
+	if _, err := st.c.Mint(ctx, req("other/secret", ledger.ProjectDeployToken)); !errors.Is(err, exchange.ErrNotFound) {
+		t.Errorf("mint on an invisible project: %v, want ErrNotFound", err)
+	}
+	if _, err := st.c.Mint(ctx, req("no/such", ledger.ProjectDeployToken)); !errors.Is(err, exchange.ErrNotFound) {
+		t.Errorf("mint on a missing project: %v, want ErrNotFound", err)
+	}
+	// A service account with only Developer rights.
+	st.s.AddGroup("devs")
+	svc := st.s.AddUser("weak-svc")
+	st.s.AddMember(svc, "devs", gitlabfake.Developer)
+	st.s.AddMember(svc, "platform/lib", gitlabfake.Developer)
+	weakExp := st.now().AddDate(0, 1, 0)
+	weak := newTestClient(t, st.s.URL(), st.s.CreatePersonalAccessToken(svc, "weak", []string{"api"}, &weakExp), st.now)
+	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.ProjectAccessToken} {
+		if _, err := weak.Mint(ctx, req("platform/lib", kind)); !errors.Is(err, exchange.ErrForbidden) {
+			t.Errorf("%s by a Developer: %v, want ErrForbidden", kind, err)
+		}
+	}
+	if _, err := weak.Mint(ctx, req("devs", ledger.GroupDeployToken)); !errors.Is(err, exchange.ErrForbidden) {
+		t.Errorf("group deploy token by a Developer: %v, want ErrForbidden", err)
+	}
+
+	remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, Status: 429, RetryAfter: 7 * time.Second})
+	_, err := st.c.Mint(ctx, req("platform/lib", ledger.ProjectDeployToken))
+	remove()
+	var ra *exchange.RetryAfterError
+	if !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 7*time.Second {
+		t.Errorf("429: %v, want RetryAfterError{7s}", err)
+	}
+
+	bad := newTestClient(t, st.s.URL(), "glpat-not-a-token", st.now)
+	if err := bad.Ping(ctx); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("Ping with a bad token: %v, want ErrTokenInvalid", err)
+	}
+	if err := st.c.Ping(ctx); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
+}
+
+func TestStandinRevokeIdempotent(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken} {
+		t.Run(string(kind), func(t *testing.T) {
+			owner := "platform/lib"
+			if kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
+				owner = "platform/tools"
+			}
+			name := "gltoken-rv-" + strings.ReplaceAll(string(kind), "_", "-")
+			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: owner,
+				Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ref := range []exchange.TokenRef{
+				{Kind: kind, Owner: cred.Owner, GitLabID: cred.GitLabID},
+				{Kind: kind, Owner: owner, GitLabID: cred.GitLabID}, // by path, already gone
+			} {
+				if err := st.c.Revoke(ctx, ref); err != nil {
+					t.Fatalf("Revoke(%+v): %v", ref, err)
+				}
+			}
+			if n := st.liveTokens(name); n != 0 {
+				t.Fatalf("%d live tokens after revoke", n)
+			}
+		})
+	}
+}
+
+func TestStandinResolveCache(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	for range 3 {
+		if _, err := st.c.ResolveProject(ctx, "platform/tools/cli"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.c.ResolveGroup(ctx, "platform/tools"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := st.count(http.MethodGet, "/api/v4/projects/platform%2Ftools%2Fcli"); n != 1 {
+		t.Errorf("%d project lookups, want 1", n)
+	}
+	if n := st.count(http.MethodGet, "/api/v4/groups/platform%2Ftools"); n != 1 {
+		t.Errorf("%d group lookups, want 1", n)
+	}
+}
