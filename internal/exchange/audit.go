@@ -1,0 +1,94 @@
+package exchange
+
+import (
+	"log/slog"
+	"time"
+
+	"gltoken.dev/gltoken/internal/idtoken"
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// auditEvent is one exchange or revocation. Its keys are stable: operators
+// build alerts on them. It holds fingerprints, never secrets.
+type auditEvent struct {
+	RequestID    string
+	Outcome      string
+	Reason       string
+	Detail       string
+	Rule         string
+	Issuer       string
+	Subject      string
+	ProjectID    string
+	ProjectPath  string
+	PipelineID   string
+	JobID        string
+	Ref          string
+	Resource     string
+	Target       string
+	Scopes       []string
+	Kind         ledger.Kind
+	LedgerID     string
+	GitLabID     int64
+	Username     string
+	ExpiresAt    time.Time
+	SecretSHA256 string
+	Cached       bool
+	Peer         string
+	Duration     time.Duration
+}
+
+func (e *auditEvent) fromToken(t *idtoken.Token) {
+	e.Issuer, e.Subject = t.Issuer, t.Subject
+	e.ProjectID, e.ProjectPath = t.Claims["project_id"], t.Claims["project_path"]
+	e.PipelineID, e.JobID, e.Ref = t.Claims["pipeline_id"], t.Claims["job_id"], t.Claims["ref"]
+}
+
+func (e *auditEvent) fromRecord(r ledger.Record) {
+	e.Kind, e.LedgerID, e.GitLabID, e.Username = r.Kind, r.ID, r.GitLabID, r.Username
+	e.Rule, e.Subject, e.ProjectID, e.PipelineID, e.JobID = r.Rule, r.Subject, r.ProjectID, r.PipelineID, r.JobID
+	e.Resource, e.Scopes, e.ExpiresAt = r.Resource, r.Scopes, r.ExpiresAt
+}
+
+func (e *auditEvent) attrs() []slog.Attr {
+	a := []slog.Attr{
+		slog.String("audit", "gltoken"),
+		slog.String("request_id", e.RequestID),
+		slog.String("outcome", e.Outcome),
+	}
+	str := func(k, v string) {
+		if v != "" {
+			a = append(a, slog.String(k, v))
+		}
+	}
+	str("reason", e.Reason)
+	str("detail", e.Detail)
+	str("rule", e.Rule)
+	str("issuer", e.Issuer)
+	str("sub", e.Subject)
+	str("project_id", e.ProjectID)
+	str("project_path", e.ProjectPath)
+	str("pipeline_id", e.PipelineID)
+	str("job_id", e.JobID)
+	str("ref", e.Ref)
+	str("resource", e.Resource)
+	str("target", e.Target)
+	if len(e.Scopes) > 0 {
+		a = append(a, slog.Any("scopes", e.Scopes))
+	}
+	str("kind", string(e.Kind))
+	str("ledger_id", e.LedgerID)
+	if e.GitLabID != 0 {
+		a = append(a, slog.Int64("gitlab_token_id", e.GitLabID))
+	}
+	str("username", e.Username)
+	if !e.ExpiresAt.IsZero() {
+		a = append(a, slog.Time("expires_at", e.ExpiresAt.UTC()))
+	}
+	str("secret_sha256", e.SecretSHA256)
+	if e.Cached {
+		a = append(a, slog.Bool("cached", true))
+	}
+	str("peer", e.Peer)
+	a = append(a, slog.Float64("duration_ms", float64(e.Duration.Microseconds())/1000))
+	return a
+}

@@ -1,0 +1,83 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// MintRequest asks GitLab for one credential.
+type MintRequest struct {
+	// Name is the token's name in GitLab: "gltoken-" + the ledger id. It is how
+	// an ambiguous create is reconciled, so it must be unique.
+	Name string
+	Kind ledger.Kind
+	// Owner is the project or group full path (for project kinds, the project;
+	// for group kinds, the group).
+	Owner       string
+	Scopes      []string
+	ExpiresAt   time.Time // exact; access tokens get the date GitLab allows as a backstop
+	AccessLevel int       // project/group access tokens only
+}
+
+// Credential is what GitLab returned. Secret is the only place the secret
+// lives; it is never logged or persisted.
+type Credential struct {
+	Kind      ledger.Kind
+	Owner     string // numeric id of the project/group, decimal
+	OwnerPath string
+	GitLabID  int64
+	Name      string
+	Username  string
+	Secret    string
+	ExpiresAt time.Time
+}
+
+// TokenRef names a credential in GitLab, for revocation and reconciliation.
+type TokenRef struct {
+	Kind     ledger.Kind
+	Owner    string // numeric id (decimal) or full path of the project/group
+	GitLabID int64
+}
+
+// Minter is the GitLab side of the exchange: the internal/gitlab adapter implements it.
+type Minter interface {
+	// Mint creates the credential. It MUST NOT retry a create on its own: when
+	// GitLab's answer is lost or ambiguous it returns an error wrapping
+	// ErrAmbiguous, and the caller reconciles with FindByName.
+	Mint(ctx context.Context, req MintRequest) (Credential, error)
+	// FindByName looks for an active token of that kind and name under owner.
+	// ok is false when there is none.
+	FindByName(ctx context.Context, kind ledger.Kind, owner, name string) (ref TokenRef, ok bool, err error)
+	// Revoke deletes (deploy tokens) or revokes (access tokens) the token.
+	// A token that is already gone is not an error.
+	Revoke(ctx context.Context, ref TokenRef) error
+}
+
+// Errors the minter returns (wrapped, with detail) so the service can map them.
+var (
+	// ErrAmbiguous: the create may or may not have happened (timeout, lost
+	// response, 5xx after sending). Reconcile by name; never create again blindly.
+	ErrAmbiguous = errors.New("gitlab: create outcome unknown")
+	// ErrUnavailable: GitLab could not be reached or answered 5xx before acting.
+	ErrUnavailable = errors.New("gitlab: unavailable")
+	// ErrRateLimited: GitLab answered 429; RetryAfterError carries the wait.
+	ErrRateLimited = errors.New("gitlab: rate limited")
+	// ErrForbidden: GitLab answered 403: the service account lacks the rights.
+	ErrForbidden = errors.New("gitlab: service account lacks permission")
+	// ErrNotFound: the project or group does not exist (or the service account cannot see it).
+	ErrNotFound = errors.New("gitlab: not found")
+	// ErrRejected: GitLab refused the request as invalid (400/422).
+	ErrRejected = errors.New("gitlab: request rejected")
+)
+
+// RetryAfterError carries GitLab's Retry-After alongside ErrRateLimited.
+type RetryAfterError struct {
+	After time.Duration
+	Err   error
+}
+
+func (e *RetryAfterError) Error() string { return e.Err.Error() }
+func (e *RetryAfterError) Unwrap() error { return e.Err }

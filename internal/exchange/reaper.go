@@ -1,0 +1,209 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// Reaper ends credentials at their TTL and settles intents whose mint never
+// finished (a crash, a lost answer). It claims due records from the store, so
+// several replicas can run one each.
+type Reaper struct {
+	store     ledger.Store
+	minter    Minter
+	svc       *Service // optional: to drop revoked credentials from the cache
+	interval  time.Duration
+	lease     time.Duration
+	batch     int
+	maxDelay  time.Duration
+	mintLease time.Duration
+	now       func() time.Time
+	log       *slog.Logger
+	audit     *slog.Logger
+	obs       Observer
+}
+
+// ReaperConfig configures NewReaper.
+type ReaperConfig struct {
+	Interval time.Duration // how often it looks for due records (default 10s)
+	Batch    int           // records claimed at a time (default 100)
+	MaxDelay time.Duration // longest back-off after failures (default 5m)
+	// MintLease must equal the service's (default DefaultMintLease): an
+	// intent younger than it may still be turning into a token at GitLab.
+	MintLease time.Duration
+	Now       func() time.Time
+	Logger    *slog.Logger
+	Audit     *slog.Logger
+	Observer  Observer
+}
+
+// NewReaper builds a reaper over the service's store and minter.
+func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, svc *Service) *Reaper {
+	r := &Reaper{store: store, minter: m, svc: svc, interval: cfg.Interval, batch: cfg.Batch,
+		maxDelay: cfg.MaxDelay, mintLease: cfg.MintLease, now: cfg.Now, log: cfg.Logger, audit: cfg.Audit, obs: cfg.Observer}
+	if r.interval <= 0 {
+		r.interval = 10 * time.Second
+	}
+	if r.batch <= 0 {
+		r.batch = 100
+	}
+	if r.mintLease <= 0 {
+		r.mintLease = DefaultMintLease
+	}
+	if r.maxDelay <= 0 {
+		r.maxDelay = 5 * time.Minute
+	}
+	// A claim must outlast one pass over a batch of GitLab calls.
+	r.lease = max(2*time.Minute, 4*r.interval)
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.audit == nil {
+		r.audit = r.log
+	}
+	if r.obs == nil {
+		r.obs = nopObserver{}
+	}
+	return r
+}
+
+// Run reaps every interval until ctx ends.
+func (r *Reaper) Run(ctx context.Context) {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		if _, err := r.RunOnce(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("reaper pass failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce claims and settles due records until none are left; it returns
+// how many it settled or deferred.
+func (r *Reaper) RunOnce(ctx context.Context) (int, error) {
+	n := 0
+	for {
+		recs, err := r.store.ClaimDue(ctx, r.now(), r.lease, r.batch)
+		if err != nil {
+			return n, fmt.Errorf("claim due records: %w", err)
+		}
+		for _, rec := range recs {
+			if ctx.Err() != nil {
+				return n, ctx.Err()
+			}
+			r.settle(ctx, rec)
+			n++
+		}
+		if len(recs) < r.batch {
+			return n, nil
+		}
+	}
+}
+
+// ReconcilePending settles every pending intent now, whatever its lease. Only
+// for a store no other daemon uses (the embedded one): at start-up, every
+// pending intent there belongs to a process that died. A token found by the
+// intent's name is revoked; an intent with no token is abandoned once its
+// lease is over, and until then left for the reaper (GitLab may still be
+// finishing the dead process's request).
+func (r *Reaper) ReconcilePending(ctx context.Context) (int, error) {
+	recs, err := r.store.ListPending(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list pending intents: %w", err)
+	}
+	for _, rec := range recs {
+		r.settle(ctx, rec)
+	}
+	return len(recs), nil
+}
+
+func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
+	var err error
+	outcome := "revoked"
+	switch rec.State {
+	case ledger.Pending:
+		outcome, err = r.reconcile(ctx, rec)
+	case ledger.Active:
+		err = r.minter.Revoke(ctx, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID})
+		if err == nil {
+			err = r.store.MarkRevoked(ctx, rec.ID, r.now())
+		}
+	default:
+		return
+	}
+	if outcome == "pending" {
+		r.log.Debug("intent has no token yet; looking again when its lease ends", "ledger_id", rec.ID)
+		return
+	}
+	if r.svc != nil {
+		r.svc.forgetLedgerID(rec.ID)
+	}
+	ev := auditEvent{Outcome: outcome}
+	ev.fromRecord(rec)
+	if err != nil {
+		delay := r.backoff(rec.Attempts + 1)
+		if rerr := r.store.RetryLater(ctx, rec.ID, r.now().Add(delay), err.Error()); rerr != nil {
+			r.log.Error("reaper could not record a failed attempt", "ledger_id", rec.ID, "error", rerr)
+		}
+		ev.Outcome, ev.Detail = "retry", fmt.Sprintf("%v (attempt %d, next in %s)", err, rec.Attempts+1, delay)
+		r.obs.Revoked(rec.Kind, "failed")
+		r.audit.LogAttrs(ctx, slog.LevelWarn, "revocation", ev.attrs()...)
+		return
+	}
+	r.obs.Revoked(rec.Kind, outcome)
+	r.audit.LogAttrs(ctx, slog.LevelInfo, "revocation", ev.attrs()...)
+}
+
+// reconcile settles an intent: the credential was perhaps created before the
+// daemon died or the answer was lost, so look for it by its name.
+func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record) (string, error) {
+	ref, found, err := r.minter.FindByName(ctx, rec.Kind, rec.Owner, "gltoken-"+rec.ID)
+	if errors.Is(err, ErrNotFound) { // the owner itself is gone: so is the token
+		return "abandoned", r.store.Abandon(ctx, rec.ID, "owner not found in GitLab")
+	}
+	if err != nil {
+		return "", fmt.Errorf("find intent %s by name: %w", rec.ID, err)
+	}
+	if !found {
+		if end := rec.CreatedAt.Add(r.mintLease); r.now().Before(end) {
+			next := end // look again when the lease ends, or at the TTL if sooner
+			if rec.ExpiresAt.After(r.now()) && rec.ExpiresAt.Before(end) {
+				next = rec.ExpiresAt
+			}
+			if err := r.store.RetryLater(ctx, rec.ID, next, "no token of that name yet; looking again at the TTL or when the mint's lease ends"); err != nil {
+				return "", err
+			}
+			return "pending", nil
+		}
+		return "abandoned", r.store.Abandon(ctx, rec.ID, "reconciled: no token of that name in GitLab")
+	}
+	if err := r.minter.Revoke(ctx, ref); err != nil {
+		return "", err
+	}
+	return "reconciled_revoked", r.store.MarkRevoked(ctx, rec.ID, r.now())
+}
+
+// backoff doubles from the interval up to maxDelay, with jitter so replicas
+// and records do not retry in lockstep.
+func (r *Reaper) backoff(attempt int) time.Duration {
+	d := r.interval
+	for i := 1; i < attempt && d < r.maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, r.maxDelay)
+	return d/2 + rand.N(d/2+1)
+}

@@ -1,0 +1,115 @@
+package exchange
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// target is a resource reduced to what the policy and the minter need.
+type target struct {
+	project  string // full path, e.g. "platform/libs/core"
+	registry bool   // a container registry repository rather than a git one
+}
+
+// maxPathSegments and maxPathLen bound what a resource may name (GitLab
+// allows 20 levels of subgroups; paths are at most 255 characters a segment).
+const (
+	maxPathSegments = 21
+	maxPathLen      = 1024
+)
+
+// parseResource accepts "https://gitlab.example.com/group/proj(.git)" for a
+// repository and "https://registry.example.com/group/proj" for a registry
+// repository. Anything else is invalid_target.
+func (s *Service) parseResource(raw string) (target, error) {
+	bad := func(format string, args ...any) (target, error) {
+		return target{}, &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf(format, args...)}
+	}
+	if raw == "" {
+		return bad("resource is required: the URL of the repository, e.g. %s/group/project.git", s.gitlab)
+	}
+	if len(raw) > maxPathLen+256 {
+		return bad("resource is too long")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
+		return bad("resource %q is not an absolute URL", truncate(raw, 200))
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return bad("resource must not carry credentials, a query or a fragment")
+	}
+	base, registry := s.gitlab, false
+	switch {
+	case sameOrigin(u, s.gitlab):
+	case s.registry != nil && sameOrigin(u, s.registry):
+		base, registry = s.registry, true
+	default:
+		if s.registry != nil {
+			return bad("resource %s://%s is not served here: this daemon serves %s and the registry %s", u.Scheme, u.Host, s.gitlab.Redacted(), s.registry.Redacted())
+		}
+		return bad("resource %s://%s is not served here: this daemon serves %s", u.Scheme, u.Host, s.gitlab.Redacted())
+	}
+	if u.RawPath != "" {
+		return bad("resource path must not be percent-encoded")
+	}
+	p := u.Path
+	if prefix := strings.TrimSuffix(base.Path, "/"); prefix != "" {
+		if !strings.HasPrefix(p, prefix+"/") {
+			return bad("resource path is not under %s", base.Redacted())
+		}
+		p = p[len(prefix):]
+	}
+	p = strings.TrimPrefix(p, "/")
+	p = strings.TrimSuffix(p, "/")
+	if !registry {
+		p = strings.TrimSuffix(p, ".git")
+	}
+	if len(p) > maxPathLen {
+		return bad("resource path is too long")
+	}
+	segs := strings.Split(p, "/")
+	if len(segs) < 2 || len(segs) > maxPathSegments {
+		return bad("resource %q does not name a project (group/project)", truncate(raw, 200))
+	}
+	for _, seg := range segs {
+		if !validPathSegment(seg) {
+			return bad("resource path segment %q is not a valid GitLab path", truncate(seg, 64))
+		}
+	}
+	return target{project: p, registry: registry}, nil
+}
+
+func sameOrigin(u, base *url.URL) bool {
+	return strings.EqualFold(u.Scheme, base.Scheme) && strings.EqualFold(hostPort(u), hostPort(base))
+}
+
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return u.Hostname() + ":443"
+	case "http":
+		return u.Hostname() + ":80"
+	}
+	return u.Host
+}
+
+// validPathSegment follows GitLab's path rule: letters, digits, '_', '-',
+// '.', not starting with '-' or '.', not ending in '.', at most 255 long.
+func validPathSegment(seg string) bool {
+	if seg == "" || len(seg) > 255 || seg[0] == '-' || seg[0] == '.' || seg[len(seg)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(seg); i++ {
+		c := seg[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
