@@ -1,0 +1,347 @@
+// Package config loads and validates exchanged's YAML configuration (the
+// contract in DESIGN.md). Load returns every problem it finds, each naming
+// the file and the key, so `exchanged check` can list them all at once.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is exchanged's configuration. Relative file paths are resolved
+// against the configuration file's directory.
+type Config struct {
+	Listen     []string `yaml:"listen"`
+	TLS        TLS      `yaml:"tls"`
+	GitLab     GitLab   `yaml:"gitlab"`
+	Audience   string   `yaml:"audience"`
+	PolicyFile string   `yaml:"policy_file"`
+	Store      Store    `yaml:"store"`
+	MaxTTL     Duration `yaml:"max_ttl"`
+
+	// Extensions to DESIGN.md's contract, all optional.
+	LogLevel       string    `yaml:"log_level"`       // debug|info|warn|error (default info)
+	ReaperInterval Duration  `yaml:"reaper_interval"` // default 10s
+	IDToken        IDToken   `yaml:"id_token"`
+	RateLimit      RateLimit `yaml:"rate_limit"`
+
+	File string `yaml:"-"` // where it was loaded from
+}
+
+// TLS names the PEM files for TCP listeners.
+type TLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// GitLab is the instance the daemon serves and mints on.
+type GitLab struct {
+	URL string `yaml:"url"`
+	// Issuer is the exact iss of ID tokens when an administrator changed
+	// GitLab's ci_id_tokens.issuer_url; default URL. Keys still come only
+	// from {url}/oauth/discovery/keys.
+	Issuer      string `yaml:"issuer"`
+	TokenFile   string `yaml:"token_file"`
+	RegistryURL string `yaml:"registry_url"`
+	CAFile      string `yaml:"ca_file"`
+}
+
+// Store selects the ledger.
+type Store struct {
+	Driver string `yaml:"driver"` // sqlite (default) | postgres
+	DSN    string `yaml:"dsn"`
+}
+
+// IDToken tunes verification within safe bounds.
+type IDToken struct {
+	Algorithms []string `yaml:"algorithms"` // default [RS256]
+	Leeway     Duration `yaml:"leeway"`     // default 60s, at most 60s
+}
+
+// RateLimit bounds requests per client (a Unix peer's uid or a TCP peer's IP).
+type RateLimit struct {
+	PerSecond float64 `yaml:"per_second"` // default 20
+	Burst     int     `yaml:"burst"`      // default 40
+}
+
+// Duration is a time.Duration written as "90s", "1h".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("a duration like 90s or 1h is expected")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration like 90s or 1h", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Error lists every problem found in a configuration file.
+type Error struct {
+	File     string
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "%s: %s", e.File, p)
+	}
+	return b.String()
+}
+
+const maxConfigBytes = 1 << 20
+
+// Load reads, defaults and validates the configuration at path.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > maxConfigBytes {
+		return nil, &Error{File: path, Problems: []string{"file larger than 1 MiB"}}
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes data as the configuration found at file.
+func Parse(data []byte, file string) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &Error{File: file, Problems: []string{"empty configuration"}}
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return nil, &Error{File: file, Problems: te.Errors}
+		}
+		return nil, &Error{File: file, Problems: []string{err.Error()}}
+	}
+	c.File = file
+	dir, err := filepath.Abs(filepath.Dir(file))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", file, err)
+	}
+	c.resolvePaths(dir)
+	c.defaults()
+	if probs := c.validate(); len(probs) > 0 {
+		return nil, &Error{File: file, Problems: probs}
+	}
+	return &c, nil
+}
+
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.TLS.CertFile)
+	abs(&c.TLS.KeyFile)
+	abs(&c.TLS.ClientCAFile)
+	abs(&c.GitLab.TokenFile)
+	abs(&c.GitLab.CAFile)
+	abs(&c.PolicyFile)
+	if c.Store.Driver == "" || c.Store.Driver == "sqlite" {
+		abs(&c.Store.DSN)
+	}
+	for i, l := range c.Listen {
+		if rest, ok := strings.CutPrefix(l, "unix://"); ok && rest != "" && !filepath.IsAbs(rest) {
+			c.Listen[i] = "unix://" + filepath.Join(dir, rest)
+		}
+	}
+}
+
+func (c *Config) defaults() {
+	if len(c.Listen) == 0 {
+		c.Listen = []string{"unix:///run/gltoken/exchanged.sock"}
+	}
+	if c.Store.Driver == "" {
+		c.Store.Driver = "sqlite"
+	}
+	if c.Store.Driver == "sqlite" && c.Store.DSN == "" {
+		c.Store.DSN = "/var/lib/gltoken/state.db"
+	}
+	if c.MaxTTL == 0 {
+		c.MaxTTL = Duration(12 * time.Hour)
+	}
+	if c.GitLab.Issuer == "" {
+		c.GitLab.Issuer = c.GitLab.URL
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.ReaperInterval == 0 {
+		c.ReaperInterval = Duration(10 * time.Second)
+	}
+	if len(c.IDToken.Algorithms) == 0 {
+		c.IDToken.Algorithms = []string{"RS256"}
+	}
+	if c.IDToken.Leeway == 0 {
+		c.IDToken.Leeway = Duration(60 * time.Second)
+	}
+	if c.RateLimit.PerSecond == 0 {
+		c.RateLimit.PerSecond = 20
+	}
+	if c.RateLimit.Burst == 0 {
+		c.RateLimit.Burst = 40
+	}
+}
+
+// asymmetric are the JWS algorithms an ID token may use; never none or HMAC.
+var asymmetric = map[string]bool{
+	"RS256": true, "RS384": true, "RS512": true, "PS256": true, "PS384": true, "PS512": true,
+	"ES256": true, "ES384": true, "ES512": true, "EdDSA": true,
+}
+
+func (c *Config) validate() []string {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+
+	hasTCP := false
+	for _, l := range c.Listen {
+		u, err := url.Parse(l)
+		switch {
+		case err != nil:
+			add("listen: %q is not a URL", l)
+		case u.Scheme == "unix":
+			if u.Path == "" || u.Host != "" {
+				add("listen: %q: write unix:///absolute/path.sock", l)
+			}
+		case u.Scheme == "tcp":
+			hasTCP = true
+			if u.Port() == "" {
+				add("listen: %q: a port is required (tcp://host:port)", l)
+			}
+			if !loopbackHost(u.Hostname()) && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+				add("listen: %q is not loopback, so tls.cert_file and tls.key_file are required", l)
+			}
+		default:
+			add("listen: %q: scheme must be unix:// or tcp://", l)
+		}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		add("tls: cert_file and key_file go together")
+	}
+	if c.TLS.ClientCAFile != "" && c.TLS.CertFile == "" {
+		add("tls.client_ca_file needs tls.cert_file and tls.key_file")
+	}
+	if c.TLS.CertFile != "" && !hasTCP {
+		add("tls is set but no tcp:// listen address uses it")
+	}
+
+	if c.GitLab.URL == "" {
+		add("gitlab.url is required (e.g. https://gitlab.example.com)")
+	} else if u, err := url.Parse(c.GitLab.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.User != nil {
+		add("gitlab.url: %q is not an http(s) URL", c.GitLab.URL)
+	} else if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+		add("gitlab.url: %q: plain http is allowed only for a loopback GitLab (tests); use https", c.GitLab.URL)
+	} else if strings.HasSuffix(c.GitLab.URL, "/") {
+		add("gitlab.url: %q: drop the trailing slash (it must equal the ID tokens' iss exactly)", c.GitLab.URL)
+	}
+	if c.GitLab.TokenFile == "" {
+		add("gitlab.token_file is required: the service account token is never written inline")
+	}
+	if c.GitLab.RegistryURL != "" {
+		if u, err := url.Parse(c.GitLab.RegistryURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("gitlab.registry_url: %q is not an http(s) URL", c.GitLab.RegistryURL)
+		}
+	}
+	if c.Audience == "" {
+		add("audience is required: the aud your jobs' id_tokens carry (e.g. https://gltoken.example.com)")
+	}
+	if c.PolicyFile == "" {
+		add("policy_file is required")
+	}
+	switch c.Store.Driver {
+	case "sqlite":
+	case "postgres":
+		if c.Store.DSN == "" {
+			add("store.dsn is required for the postgres driver")
+		}
+	default:
+		add("store.driver: %q: use sqlite or postgres", c.Store.Driver)
+	}
+	if c.MaxTTL.D() < time.Minute || c.MaxTTL.D() > 90*24*time.Hour {
+		add("max_ttl: %s: must be between 1m and 2160h (90 days)", c.MaxTTL.D())
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log_level: %q: use debug, info, warn or error", c.LogLevel)
+	}
+	if c.ReaperInterval.D() < time.Second || c.ReaperInterval.D() > 10*time.Minute {
+		add("reaper_interval: %s: must be between 1s and 10m", c.ReaperInterval.D())
+	}
+	for _, a := range c.IDToken.Algorithms {
+		if !asymmetric[a] {
+			add("id_token.algorithms: %q is not allowed (only asymmetric algorithms: RS256, PS256, ES256, EdDSA…; never none or HMAC)", a)
+		}
+	}
+	if l := c.IDToken.Leeway.D(); l < 0 || l > 60*time.Second {
+		add("id_token.leeway: %s: at most 60s", l)
+	}
+	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 {
+		add("rate_limit: values must be positive")
+	}
+	return p
+}
+
+func loopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	return strings.HasPrefix(h, "127.") || h == "::1"
+}
+
+// ReadToken reads the service account token from gitlab.token_file. It
+// refuses a file that others can read, and never echoes the content.
+func (c *Config) ReadToken() (string, error) {
+	fi, err := os.Stat(c.GitLab.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("gitlab.token_file: %w", err)
+	}
+	if fi.Mode().Perm()&0o007 != 0 {
+		return "", fmt.Errorf("gitlab.token_file %s: readable by others (mode %04o); chmod 600 or 640", c.GitLab.TokenFile, fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(c.GitLab.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("gitlab.token_file: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("gitlab.token_file %s: empty", c.GitLab.TokenFile)
+	}
+	if strings.ContainsAny(tok, "\r\n\t ") || len(tok) > 1024 {
+		return "", fmt.Errorf("gitlab.token_file %s: does not hold a single token", c.GitLab.TokenFile)
+	}
+	return tok, nil
+}

@@ -1,0 +1,118 @@
+// Package metrics exposes exchanged's Prometheus metrics. Metrics implements
+// exchange.Observer and the GitLab adapter's response hook; Handler serves
+// them. No label ever carries a secret, a token id or a project id: labels
+// are outcomes, kinds, routes and status codes.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// Metrics holds the daemon's collectors in a registry of its own.
+type Metrics struct {
+	reg         *prometheus.Registry
+	exchanges   *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	mints       *prometheus.CounterVec
+	revocations *prometheus.CounterVec
+	gitlabCalls *prometheus.CounterVec
+}
+
+// Sources are read at scrape time.
+type Sources struct {
+	LiveTokens    func(ctx context.Context) (int, error)
+	JWKSRefreshes func() (ok, failed uint64)
+	PolicyRules   func() int
+	PolicyReloads func() (ok, failed uint64)
+}
+
+// New registers every collector.
+func New(src Sources) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.exchanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gltoken_exchanges_total", Help: "Token exchanges by outcome (granted or the RFC 6749 error code) and credential kind.",
+	}, []string{"outcome", "kind"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "gltoken_exchange_duration_seconds", Help: "Time to answer a token exchange.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"outcome"})
+	m.mints = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gltoken_mints_total", Help: "Credentials minted in GitLab, by kind.",
+	}, []string{"kind"})
+	m.revocations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (revoked, client, reconciled_revoked, abandoned, failed, deferred).",
+	}, []string{"kind", "outcome"})
+	m.gitlabCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gltoken_gitlab_requests_total", Help: "Calls to GitLab's API by route template and HTTP status (0: no answer).",
+	}, []string{"route", "status"})
+	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if src.LiveTokens != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_live_tokens", Help: "Credentials minted and not yet revoked, per the ledger (-1: ledger unreachable).",
+		}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			n, err := src.LiveTokens(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}))
+	}
+	if src.JWKSRefreshes != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gltoken_jwks_refreshes_total", Help: "Successful JWKS fetches from GitLab.",
+		}, func() float64 { ok, _ := src.JWKSRefreshes(); return float64(ok) }))
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gltoken_jwks_refresh_failures_total", Help: "Failed JWKS fetches from GitLab (the last good key set stays in use).",
+		}, func() float64 { _, failed := src.JWKSRefreshes(); return float64(failed) }))
+	}
+	if src.PolicyRules != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_policy_rules", Help: "Rules in the policy in force.",
+		}, func() float64 { return float64(src.PolicyRules()) }))
+	}
+	if src.PolicyReloads != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gltoken_policy_reloads_total", Help: "Policy reloads that took effect.",
+		}, func() float64 { ok, _ := src.PolicyReloads(); return float64(ok) }))
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gltoken_policy_reload_failures_total", Help: "Policy reloads refused (the old policy stays in force).",
+		}, func() float64 { _, failed := src.PolicyReloads(); return float64(failed) }))
+	}
+	return m
+}
+
+// Handler serves the registry in Prometheus' text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Exchanged implements exchange.Observer.
+func (m *Metrics) Exchanged(outcome string, kind ledger.Kind, d time.Duration) {
+	m.exchanges.WithLabelValues(outcome, string(kind)).Inc()
+	m.latency.WithLabelValues(outcome).Observe(d.Seconds())
+}
+
+// Minted implements exchange.Observer.
+func (m *Metrics) Minted(kind ledger.Kind) { m.mints.WithLabelValues(string(kind)).Inc() }
+
+// Revoked implements exchange.Observer.
+func (m *Metrics) Revoked(kind ledger.Kind, outcome string) {
+	m.revocations.WithLabelValues(string(kind), outcome).Inc()
+}
+
+// GitLabResponse counts one call to GitLab; route is a template, never an id.
+func (m *Metrics) GitLabResponse(method, route string, status int) {
+	m.gitlabCalls.WithLabelValues(method+" "+route, strconv.Itoa(status)).Inc()
+}
