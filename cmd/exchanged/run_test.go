@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// contribConfig is contrib/exchanged.yaml with its paths pointed into dir,
+// next to a copy of contrib/policy.yaml and a service token file.
+func contribConfig(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, err := os.ReadFile("../../contrib/exchanged.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := os.ReadFile("../../contrib/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := strings.ReplaceAll(string(cfg), "/etc/gltoken/gitlab-token", filepath.Join(dir, "gitlab-token"))
+	c = strings.ReplaceAll(c, "/var/lib/gltoken/state.db", filepath.Join(dir, "state.db"))
+	for name, data := range map[string]string{"exchanged.yaml": c, "policy.yaml": string(pol), "gitlab-token": "glpat-example\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, "exchanged.yaml")
+}
+
+func TestCheckShippedExamples(t *testing.T) {
+	cfg := contribConfig(t)
+	code, out, errs := runCmd(t, "check", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("check exit %d:\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(out, "app-reads-libs") || !strings.Contains(out, ": ok") {
+		t.Fatalf("check output:\n%s", out)
+	}
+}
+
+func TestCheckNamesEveryProblem(t *testing.T) {
+	cfg := contribConfig(t)
+	dir := filepath.Dir(cfg)
+	bad := `rules:
+  - name: dup
+    match: {project_path: platform/app, colour: blue}
+    allow: {projects: [platform/lib], scopes: [read_repository, sudo]}
+  - name: dup
+    match: {}
+    allow: {projects: [platform/lib], scopes: [read_repository]}
+`
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dir, "gitlab-token"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := runCmd(t, "check", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	for _, want := range []string{"policy.yaml:3", "colour", "sudo", "duplicate", "match", "readable by others"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("check output does not mention %q:\n%s", want, errs)
+		}
+	}
+	if strings.Contains(errs, "glpat-example") {
+		t.Fatal("check printed the service token")
+	}
+}
+
+func TestExplain(t *testing.T) {
+	cfg := contribConfig(t)
+	claims := filepath.Join(filepath.Dir(cfg), "claims.json")
+	write := func(s string) {
+		if err := os.WriteFile(claims, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"project_path":"platform/app","namespace_path":"platform","ref":"feature","ref_protected":"false","runner_id":12,"sub":"project_path:platform/app:ref_type:branch:ref:feature"}`)
+	code, out, errs := runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/lib.git", "--scope", "read_repository")
+	if code != 1 || !strings.Contains(out, "DENY") || !strings.Contains(out, `ref_protected`) {
+		t.Fatalf("explain exit %d:\n%s%s", code, out, errs)
+	}
+	write(`{"project_path":"platform/app","namespace_path":"platform","ref":"main","ref_protected":"true"}`)
+	code, out, errs = runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/lib.git", "--scope", "read_repository")
+	if code != 0 || !strings.Contains(out, `ALLOW by rule "app-reads-libs"`) || !strings.Contains(out, "project_deploy_token on platform/lib") {
+		t.Fatalf("explain exit %d:\n%s%s", code, out, errs)
+	}
+	// own-config: the {{project_path}} template.
+	code, out, _ = runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/app-config.git", "--scope", "read_repository")
+	if code != 0 || !strings.Contains(out, `"own-config"`) {
+		t.Fatalf("explain exit %d:\n%s", code, out)
+	}
+	// Group deploy token for the tools group.
+	code, out, _ = runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/tools/cli.git", "--scope", "read_repository")
+	if code != 0 || !strings.Contains(out, "group_deploy_token on platform/tools") {
+		t.Fatalf("explain exit %d:\n%s", code, out)
+	}
+	if code, _, _ := runCmd(t, "explain", "--config", cfg); code != 2 {
+		t.Fatalf("explain without arguments: exit %d, want 2", code)
+	}
+}
+
+func TestUsageAndVersion(t *testing.T) {
+	code, out, _ := runCmd(t, "--help")
+	for _, section := range []string{"NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "EXIT STATUS", "EXAMPLES"} {
+		if !strings.Contains(out, section) {
+			t.Errorf("--help lacks %s", section)
+		}
+	}
+	if code != 0 {
+		t.Fatalf("--help exit %d", code)
+	}
+	if code, out, _ := runCmd(t, "version"); code != 0 || !strings.HasPrefix(out, "exchanged ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, _, errs := runCmd(t, "frobnicate"); code != 2 || !strings.Contains(errs, "unknown command") {
+		t.Fatalf("unknown command: %d %q", code, errs)
+	}
+}
