@@ -60,7 +60,7 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/revoke":
 		w.WriteHeader(200)
 	default:
-		http.Error(w, "not implemented", 501)
+		http.Error(w, "not implemented", http.StatusNotImplemented)
 	}
 }
 

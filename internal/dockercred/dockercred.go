@@ -98,6 +98,7 @@ func handle(ctx context.Context, h Helper, action string, stdin io.Reader, stdou
 		return err
 	}
 	// docker-credential-helpers' own wording, capital and all.
+	//lint:ignore ST1005 the message is docker's protocol, word for word
 	return fmt.Errorf("Unknown credential action `%s`", oneLine(action))
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -114,5 +115,8 @@ func (m *Metrics) Revoked(kind ledger.Kind, outcome string) {
 
 // GitLabResponse counts one call to GitLab; route is a template, never an id.
 func (m *Metrics) GitLabResponse(method, route string, status int) {
-	m.gitlabCalls.WithLabelValues(method+" "+route, strconv.Itoa(status)).Inc()
+	if !strings.HasPrefix(route, method+" ") {
+		route = method + " " + route
+	}
+	m.gitlabCalls.WithLabelValues(route, strconv.Itoa(status)).Inc()
 }
