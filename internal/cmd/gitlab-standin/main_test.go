@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunWritesStateAndServes(t *testing.T) {
+	dir := t.TempDir()
+	listen := filepath.Join(dir, "listen")
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr bytes.Buffer
+	done := make(chan int)
+	go func() {
+		done <- run(ctx, []string{"--state-dir", dir, "--listen-file", listen, "--project", "platform/app", "--group", "platform", "--user", "alice", "--service-user", "svc"}, nil, &stdout, &stderr)
+	}()
+	// The listen file is written last; wait for the process to get there or exit.
+	var url string
+	for url == "" {
+		select {
+		case code := <-done:
+			t.Fatalf("run exited early with %d: %s", code, stderr.String())
+		default:
+		}
+		if b, err := os.ReadFile(listen); err == nil {
+			url = strings.TrimSpace(string(b))
+		} else {
+			time.Sleep(10 * time.Millisecond) // polling, not a timing assertion
+		}
+	}
+	tok, err := os.ReadFile(filepath.Join(dir, "service-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "service-token"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("service-token mode %v, %v", fi.Mode(), err)
+	}
+	req, _ := http.NewRequest("GET", url+"/api/v4/projects/platform%2Fapp", nil)
+	req.Header.Set("PRIVATE-TOKEN", strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("service token on its project: %d", resp.StatusCode)
+	}
+	resp, err = http.Get(url + "/-/standin/id_token?project=platform/app&aud=x&user=alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.Count(string(body), ".") != 2 {
+		t.Fatalf("id_token: %d %q", resp.StatusCode, body)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+}
+
+func TestRunNeedsStateDir(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), nil, nil, io.Discard, &stderr); code != 2 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(stderr.String(), "--state-dir is required") {
+		t.Fatalf("stderr %q", stderr.String())
+	}
+}

@@ -1,0 +1,190 @@
+package gitlabfake
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	gitlab "gitlab.com/gitlab-org/api/client-go"
+)
+
+func TestUnknownRouteAnswers501(t *testing.T) {
+	t.Parallel()
+	s := Start(t, Options{})
+	r := doRaw(t, "PUT", s.URL()+"/api/v4/projects/1/variables", "", "", "")
+	if r.status != http.StatusNotImplemented {
+		t.Fatalf("status %d", r.status)
+	}
+	if got := r.json(t)["message"]; got != "stand-in: route not implemented: PUT /api/v4/projects/1/variables" {
+		t.Fatalf("message %q", got)
+	}
+	if r.header.Get("RateLimit-Limit") == "" {
+		t.Fatal("RateLimit-* headers missing")
+	}
+	reqs := s.Requests()
+	if len(reqs) != 1 || reqs[0].Status != 501 || reqs[0].Path != "/api/v4/projects/1/variables" {
+		t.Fatalf("Requests() = %+v", reqs)
+	}
+}
+
+func TestFaults(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	c := newClient(t, f.s, f.svcPAT)
+	opts := &gitlab.CreateProjectDeployTokenOptions{Name: gitlab.Ptr("lost"), Scopes: &[]string{"read_repository"}}
+
+	t.Run("429 with Retry-After", func(t *testing.T) {
+		remove := f.s.InjectFault(Fault{Method: "GET", PathPrefix: "/api/v4/projects/", Status: 429, RetryAfter: 7 * time.Second, Times: 1})
+		defer remove()
+		r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", "")
+		if r.status != 429 || r.header.Get("Retry-After") != "7" {
+			t.Fatalf("%d Retry-After=%q", r.status, r.header.Get("Retry-After"))
+		}
+		if r2 := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", ""); r2.status != 200 {
+			t.Fatalf("fault with Times=1 fired again: %d", r2.status)
+		}
+	})
+	t.Run("5xx until removed", func(t *testing.T) {
+		remove := f.s.InjectFault(Fault{PathPrefix: "/api/v4/projects/1", Status: 503})
+		for i := 0; i < 2; i++ {
+			if r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", ""); r.status != 503 {
+				t.Fatalf("status %d", r.status)
+			}
+		}
+		remove()
+		if r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", ""); r.status != 200 {
+			t.Fatalf("after remove: %d", r.status)
+		}
+	})
+	t.Run("lost response: 502 after the work is done", func(t *testing.T) {
+		f.s.InjectFault(Fault{Method: "POST", PathPrefix: "/api/v4/projects/platform%2Fapp/deploy_tokens", LoseResponse: true, Status: 502, Times: 1})
+		_, resp, err := c.DeployTokens.CreateProjectDeployToken("platform/app", opts)
+		if err == nil || resp == nil || resp.StatusCode != 502 {
+			t.Fatalf("client saw %v", err)
+		}
+		if st, ok := f.s.TokenByName("lost"); !ok || st.Kind != KindDeployProject {
+			t.Fatal("the token was not created although the request was performed")
+		}
+	})
+	t.Run("lost response: dropped connection", func(t *testing.T) {
+		f.s.InjectFault(Fault{Method: "POST", PathPrefix: "/api/v4/projects/platform%2Fapp/access_tokens", LoseResponse: true, Times: 1})
+		_, _, err := c.ProjectAccessTokens.CreateProjectAccessToken("platform/app", &gitlab.CreateProjectAccessTokenOptions{
+			Name: gitlab.Ptr("dropped"), Scopes: &[]string{"read_repository"},
+		})
+		if err == nil {
+			t.Fatal("client got an answer through a dropped connection")
+		}
+		if _, ok := f.s.TokenByName("dropped"); !ok {
+			t.Fatal("the token was not created")
+		}
+	})
+}
+
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.clock.Set(time.Date(2026, 3, 10, 12, 0, 45, 0, time.UTC))
+	f.s.SetRateLimit(2)
+	for i := 1; i <= 2; i++ {
+		r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", "")
+		if r.status != 200 || r.header.Get("RateLimit-Remaining") != strconv.Itoa(2-i) || r.header.Get("RateLimit-Observed") != strconv.Itoa(i) {
+			t.Fatalf("request %d: %d %v", i, r.status, r.header)
+		}
+	}
+	r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", "")
+	if r.status != 429 || r.header.Get("Retry-After") != "15" || string(r.body) != "Retry later\n" {
+		t.Fatalf("over the limit: %d Retry-After=%q %q", r.status, r.header.Get("Retry-After"), r.body)
+	}
+	reset := time.Date(2026, 3, 10, 12, 1, 0, 0, time.UTC)
+	if r.header.Get("RateLimit-Reset") != strconv.FormatInt(reset.Unix(), 10) || r.header.Get("RateLimit-ResetTime") != reset.Format(http.TimeFormat) {
+		t.Fatalf("reset headers %v", r.header)
+	}
+	f.clock.Set(reset)
+	if r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", ""); r.status != 200 {
+		t.Fatalf("next window: %d", r.status)
+	}
+}
+
+func TestRegistryTokenGrantsOnlyAllowedActions(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	c := newClient(t, f.s, f.svcPAT)
+	dt, _, err := c.DeployTokens.CreateProjectDeployToken("platform/app", &gitlab.CreateProjectDeployTokenOptions{
+		Name: gitlab.Ptr("reg"), Scopes: &[]string{"read_registry"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", f.s.URL()+"/jwt/auth?service=container_registry&scope=repository:platform/app:pull,push", nil)
+	req.SetBasicAuth(dt.Username, dt.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	var body struct{ Token string }
+	if err := jsonDecode(resp, &body); err != nil {
+		t.Fatal(err)
+	}
+
+	// Verify as distribution does: kid is the libtrust id of a certificate in the bundle.
+	block, _ := pem.Decode(f.s.RegistryCertPEM())
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := cert.PublicKey.(*rsaPublicKey)
+	wantKID, err := LibtrustKeyID(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexpLibtrust.MatchString(wantKID) {
+		t.Fatalf("libtrust kid %q has the wrong shape", wantKID)
+	}
+	claims := jwt.MapClaims{}
+	tok, err := jwt.ParseWithClaims(body.Token, claims, func(tk *jwt.Token) (any, error) {
+		if tk.Header["kid"] != wantKID {
+			t.Fatalf("kid %v, want %s", tk.Header["kid"], wantKID)
+		}
+		return pub, nil
+	}, jwt.WithValidMethods([]string{"RS256"}), jwt.WithIssuer("gitlab-issuer"), jwt.WithAudience("container_registry"),
+		jwt.WithTimeFunc(f.clock.Now))
+	if err != nil || !tok.Valid {
+		t.Fatal(err)
+	}
+	access := claims["access"].([]any)
+	if len(access) != 1 {
+		t.Fatalf("access %v", access)
+	}
+	a := access[0].(map[string]any)
+	acts := a["actions"].([]any)
+	if a["name"] != "platform/app" || len(acts) != 1 || acts[0] != "pull" {
+		t.Fatalf("granted %v, want pull only", a)
+	}
+	if exp, iat := claims["exp"].(float64), claims["iat"].(float64); exp-iat != 300 {
+		t.Fatalf("lifetime %v s, want 300", exp-iat)
+	}
+
+	// Bad credentials: 401.
+	req2, _ := http.NewRequest("GET", f.s.URL()+"/jwt/auth?service=container_registry&scope=repository:platform/app:pull", nil)
+	req2.SetBasicAuth("wrong", dt.Token)
+	resp2, err := http.DefaultClient.Do(req2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	if resp2.StatusCode != 401 {
+		t.Fatalf("bad credentials: %d", resp2.StatusCode)
+	}
+	if !strings.Contains(f.s.RegistryIssuer(), "gitlab-issuer") {
+		t.Fatal("issuer")
+	}
+}

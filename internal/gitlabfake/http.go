@@ -1,0 +1,335 @@
+package gitlabfake
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Request is one request the stand-in answered. It never holds a secret.
+type Request struct {
+	Method string
+	Path   string // escaped path, without the query
+	Status int    // -1 when a LoseResponse fault dropped the connection
+	Time   time.Time
+}
+
+// Requests returns every request answered so far, oldest first.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Request(nil), s.requests...)
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// middleware records requests, applies injected faults and the rate limit, and sets the
+// RateLimit-* headers on every response.
+func (s *Server) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		start := s.now()
+		defer func() {
+			status := sw.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			s.mu.Lock()
+			s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.EscapedPath(), Status: status, Time: start})
+			s.mu.Unlock()
+			if s.opts.Logf != nil {
+				s.opts.Logf("gitlabfake: %s %s -> %d", r.Method, r.URL.EscapedPath(), status)
+			}
+		}()
+
+		limited, retryAfter := s.rateLimitHeaders(sw.Header())
+		f := s.matchFault(r)
+		if f != nil && f.Latency > 0 {
+			t := time.NewTimer(f.Latency)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		if f != nil && !f.LoseResponse && f.Status != 0 {
+			if f.RetryAfter > 0 {
+				sw.Header().Set("Retry-After", strconv.Itoa(int((f.RetryAfter+time.Second-1)/time.Second)))
+			}
+			if f.Status == http.StatusTooManyRequests {
+				sw.Header().Set("Content-Type", "text/plain")
+				sw.WriteHeader(f.Status)
+				_, _ = io.WriteString(sw, "Retry later\n")
+				return
+			}
+			writeMessage(sw, f.Status, fmt.Sprintf("%d %s", f.Status, http.StatusText(f.Status)))
+			return
+		}
+		if limited {
+			sw.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+			sw.Header().Set("Content-Type", "text/plain")
+			sw.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(sw, "Retry later\n")
+			return
+		}
+		if f != nil && f.LoseResponse {
+			// Perform the request for real, then lose the answer.
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			if f.Status != 0 {
+				writeMessage(sw, f.Status, fmt.Sprintf("%d %s", f.Status, http.StatusText(f.Status)))
+				return
+			}
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					sw.status = -1 // connection dropped
+					_ = conn.Close()
+					return
+				}
+			}
+			panic(http.ErrAbortHandler)
+		}
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// route is one "METHOD /api/v4/projects/:id/..." pattern matched on the escaped path.
+type route struct {
+	method  string
+	parts   []string
+	handler func(w http.ResponseWriter, r *http.Request, p params)
+}
+
+// params are the unescaped values of the ":name" segments.
+type params map[string]string
+
+type router struct{ routes []route }
+
+func (rt *router) handle(method, pattern string, h func(http.ResponseWriter, *http.Request, params)) {
+	rt.routes = append(rt.routes, route{method: method, parts: strings.Split(strings.Trim(pattern, "/"), "/"), handler: h})
+}
+
+func (rt *router) match(r *http.Request) (func(http.ResponseWriter, *http.Request, params), params, bool) {
+	segs := strings.Split(strings.Trim(r.URL.EscapedPath(), "/"), "/")
+	for _, rtt := range rt.routes {
+		if len(rtt.parts) != len(segs) {
+			continue
+		}
+		p := params{}
+		ok := true
+		for i, part := range rtt.parts {
+			if strings.HasPrefix(part, ":") {
+				v, err := url.PathUnescape(segs[i])
+				if err != nil || v == "" {
+					ok = false
+					break
+				}
+				p[part[1:]] = v
+			} else if part != segs[i] {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		if rtt.method == r.Method || (rtt.method == http.MethodGet && r.Method == http.MethodHead) {
+			return rtt.handler, p, true
+		}
+	}
+	return nil, nil, false
+}
+
+func (s *Server) routes() http.Handler {
+	rt := &router{}
+	rt.handle("GET", "/.well-known/openid-configuration", s.handleDiscovery)
+	rt.handle("GET", "/oauth/discovery/keys", s.handleJWKS)
+	rt.handle("GET", "/jwt/auth", s.handleRegistryAuth)
+	rt.handle("GET", "/-/standin/id_token", s.handleStandinIDToken)
+
+	rt.handle("GET", "/api/v4/user", s.handleCurrentUser)
+	rt.handle("GET", "/api/v4/version", s.handleVersion)
+	rt.handle("GET", "/api/v4/projects/:id", s.handleGetProject)
+	rt.handle("GET", "/api/v4/groups/:id", s.handleGetGroup)
+
+	rt.handle("GET", "/api/v4/deploy_tokens", s.handleListAllDeployTokens)
+	for _, kind := range []string{"projects", "groups"} {
+		kind := kind
+		rt.handle("GET", "/api/v4/"+kind+"/:id/deploy_tokens", func(w http.ResponseWriter, r *http.Request, p params) { s.handleListDeployTokens(w, r, p, kind) })
+		rt.handle("POST", "/api/v4/"+kind+"/:id/deploy_tokens", func(w http.ResponseWriter, r *http.Request, p params) { s.handleCreateDeployToken(w, r, p, kind) })
+		rt.handle("GET", "/api/v4/"+kind+"/:id/deploy_tokens/:token_id", func(w http.ResponseWriter, r *http.Request, p params) { s.handleGetDeployToken(w, r, p, kind) })
+		rt.handle("DELETE", "/api/v4/"+kind+"/:id/deploy_tokens/:token_id", func(w http.ResponseWriter, r *http.Request, p params) { s.handleDeleteDeployToken(w, r, p, kind) })
+
+		rt.handle("GET", "/api/v4/"+kind+"/:id/access_tokens", func(w http.ResponseWriter, r *http.Request, p params) { s.handleListAccessTokens(w, r, p, kind) })
+		rt.handle("POST", "/api/v4/"+kind+"/:id/access_tokens", func(w http.ResponseWriter, r *http.Request, p params) { s.handleCreateAccessToken(w, r, p, kind) })
+		rt.handle("GET", "/api/v4/"+kind+"/:id/access_tokens/:token_id", func(w http.ResponseWriter, r *http.Request, p params) { s.handleGetAccessToken(w, r, p, kind) })
+		rt.handle("DELETE", "/api/v4/"+kind+"/:id/access_tokens/:token_id", func(w http.ResponseWriter, r *http.Request, p params) { s.handleRevokeAccessToken(w, r, p, kind) })
+		rt.handle("POST", "/api/v4/"+kind+"/:id/access_tokens/:token_id/rotate", func(w http.ResponseWriter, r *http.Request, p params) { s.handleRotateAccessToken(w, r, p, kind) })
+	}
+	rt.handle("GET", "/api/v4/personal_access_tokens/self", s.handlePATSelf)
+	rt.handle("DELETE", "/api/v4/personal_access_tokens/self", s.handlePATSelfRevoke)
+	rt.handle("POST", "/api/v4/personal_access_tokens/self/rotate", s.handlePATSelfRotate)
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.serveGit(w, r) {
+			return
+		}
+		h, p, ok := rt.match(r)
+		if !ok {
+			writeMessage(w, http.StatusNotImplemented, fmt.Sprintf("stand-in: route not implemented: %s %s", r.Method, r.URL.EscapedPath()))
+			return
+		}
+		h(w, r, p)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeMessage answers GitLab's error shape {"message": "..."}.
+func writeMessage(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"message": msg})
+}
+
+// writeGrapeError answers a Grape parameter-validation error: 400 {"error": "..."}.
+func writeGrapeError(w http.ResponseWriter, msg string) {
+	writeJSON(w, http.StatusBadRequest, map[string]string{"error": msg})
+}
+
+// input holds request parameters from the query, a form body or a JSON body, as Grape merges them.
+type input struct {
+	vals map[string]any
+}
+
+func readInput(r *http.Request) (input, error) {
+	in := input{vals: map[string]any{}}
+	for k, v := range r.URL.Query() {
+		in.setForm(k, v)
+	}
+	if r.Body == nil || r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return in, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return in, err
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return in, nil
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch mt {
+	case "application/json":
+		var m map[string]any
+		if err := json.Unmarshal(body, &m); err != nil {
+			return in, fmt.Errorf("body is not valid JSON")
+		}
+		for k, v := range m {
+			in.vals[k] = v
+		}
+	default:
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			return in, err
+		}
+		for k, v := range form {
+			in.setForm(k, v)
+		}
+	}
+	return in, nil
+}
+
+func (in input) setForm(k string, v []string) {
+	if strings.HasSuffix(k, "[]") {
+		arr := make([]any, len(v))
+		for i, x := range v {
+			arr[i] = x
+		}
+		in.vals[strings.TrimSuffix(k, "[]")] = arr
+		return
+	}
+	if len(v) > 0 {
+		in.vals[k] = v[len(v)-1]
+	}
+}
+
+// str returns the string value of k; numbers and booleans are stringified as Grape coerces them.
+func (in input) str(k string) (string, bool) {
+	v, ok := in.vals[k]
+	if !ok || v == nil {
+		return "", false
+	}
+	switch x := v.(type) {
+	case string:
+		return x, true
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64), true
+	case bool:
+		return strconv.FormatBool(x), true
+	}
+	return "", false
+}
+
+// list returns an array parameter; a string is split on commas (CommaSeparatedToArray).
+func (in input) list(k string) ([]string, bool, bool) {
+	v, ok := in.vals[k]
+	if !ok || v == nil {
+		return nil, false, true
+	}
+	switch x := v.(type) {
+	case string:
+		var out []string
+		for _, s := range strings.Split(x, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		return out, true, true
+	case []any:
+		out := make([]string, 0, len(x))
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return nil, true, false
+			}
+			out = append(out, s)
+		}
+		return out, true, true
+	}
+	return nil, true, false
+}
