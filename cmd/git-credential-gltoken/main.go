@@ -134,7 +134,7 @@ type errTooShort struct {
 }
 
 func (e errTooShort) Error() string {
-	return fmt.Sprintf("the daemon's credential expires in %s, less than the %s safety margin (request id %s); a credential cannot outlive the job's ID token: rerun the job, or give it a longer timeout",
+	return fmt.Sprintf("the daemon's credential expires in %s, less than the %s safety margin (request id %s); the policy rule's ttl or the job's ID token (its timeout) is too short for it: lengthen one, or lower --margin",
 		e.left.Round(time.Second), e.margin, orNone(e.requestID))
 }
 

@@ -264,7 +264,7 @@ func TestGetFailures(t *testing.T) {
 			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken},
 			stdin:      getInput,
 			answer:     grant(30, testSecret),
-			wantStderr: "gltoken: no credential for https://gitlab.example.com/platform/lib.git: the daemon's credential expires in 30s, less than the 1m0s safety margin (request id req-ok); a credential cannot outlive the job's ID token: rerun the job, or give it a longer timeout\n",
+			wantStderr: "gltoken: no credential for https://gitlab.example.com/platform/lib.git: the daemon's credential expires in 30s, less than the 1m0s safety margin (request id req-ok); the policy rule's ttl or the job's ID token (its timeout) is too short for it: lengthen one, or lower --margin\n",
 			wantCalls:  2,
 		},
 		{

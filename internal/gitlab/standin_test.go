@@ -112,18 +112,8 @@ func TestStandinMintEachKind(t *testing.T) {
 			if tok.SecretSHA256 != fingerprint(cred.Secret) {
 				t.Errorf("secret fingerprint differs from the stand-in's")
 			}
-			switch {
-			case !isAccessToken(tt.kind) || st.answers(http.MethodGet, "/api/v4/users/"):
-				if tok.Username != cred.Username || cred.Username == "" {
-					t.Errorf("username = %q, stand-in says %q", cred.Username, tok.Username)
-				}
-			default:
-				// The stand-in has no GET /users/:id (GitLab has): the
-				// adapter falls back to the token name, which git accepts.
-				t.Logf("stand-in lacks GET /users/:id; checking the fallback username")
-				if cred.Username != name {
-					t.Errorf("username = %q, want the fallback %q", cred.Username, name)
-				}
+			if tok.Username != cred.Username || cred.Username == "" {
+				t.Errorf("username = %q, stand-in says %q", cred.Username, tok.Username)
 			}
 			if tok.ExpiresAt == nil {
 				t.Fatal("token never expires")

@@ -961,6 +961,35 @@ func (s *Server) handleCurrentUser(w http.ResponseWriter, r *http.Request, _ par
 	})
 }
 
+// handleGetUser is GET /users/:id: any authenticated user may look a user up
+// (bots included: that is how a project access token's bot username is
+// found). GitLab answers the public fields of Entities::User.
+func (s *Server) handleGetUser(w http.ResponseWriter, r *http.Request, p params) {
+	c := s.authenticateAPI(w, r, scopeReadUser)
+	if c == nil {
+		return
+	}
+	id, err := strconv.ParseInt(p["id"], 10, 64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := s.users[id]
+	if err != nil || u == nil {
+		writeMessage(w, http.StatusNotFound, "404 User Not Found")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"id":         u.ID,
+		"username":   u.Username,
+		"name":       u.Username,
+		"state":      "active",
+		"locked":     false,
+		"avatar_url": nil,
+		"web_url":    s.url + "/" + u.Username,
+		"bot":        u.Bot,
+		"created_at": time.Unix(0, 0).UTC().Format(time.RFC3339),
+	})
+}
+
 // StandinVersion is what GET /api/v4/version reports.
 const StandinVersion = "18.6.0-ee"
 

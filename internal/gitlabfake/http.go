@@ -181,6 +181,7 @@ func (s *Server) routes() http.Handler {
 	rt.handle("GET", "/-/standin/id_token", s.handleStandinIDToken)
 
 	rt.handle("GET", "/api/v4/user", s.handleCurrentUser)
+	rt.handle("GET", "/api/v4/users/:id", s.handleGetUser)
 	rt.handle("GET", "/api/v4/version", s.handleVersion)
 	rt.handle("GET", "/api/v4/projects/:id", s.handleGetProject)
 	rt.handle("GET", "/api/v4/groups/:id", s.handleGetGroup)
