@@ -1,0 +1,441 @@
+// Package e2e runs the shipped binaries end to end: the real git (and a real
+// registry client) through git-credential-gltoken, a real exchanged process,
+// and the GitLab stand-in.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"gltoken.dev/gltoken/internal/gitlabfake"
+)
+
+// binDir holds exchanged, git-credential-gltoken and the docker-credential-gltoken link,
+// built once for the package.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "gltoken-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	build := exec.Command("go", "build", "-o", dir+"/", "gltoken.dev/gltoken/cmd/exchanged", "gltoken.dev/gltoken/cmd/git-credential-gltoken")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.Exit(1)
+	}
+	if err := os.Symlink("git-credential-gltoken", filepath.Join(dir, "docker-credential-gltoken")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const audience = "https://gltoken.example.com"
+
+// world is one GitLab stand-in with the projects every test uses, and a
+// service account that may mint on them.
+type world struct {
+	gl       *gitlabfake.Server
+	dir      string
+	bot      *gitlabfake.User
+	dev      *gitlabfake.User
+	app      *gitlabfake.Project
+	botToken string
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	gl := gitlabfake.Start(t, gitlabfake.Options{})
+	w := &world{gl: gl, dir: t.TempDir()}
+	w.app = gl.AddProject("platform/app")
+	for _, p := range []string{"platform/lib", "platform/secret", "platform/deploy", "platform/tools/cli", "platform/tools/lint", "other/thing"} {
+		gl.AddProject(p)
+	}
+	w.bot = gl.AddUser("gltoken-bot")
+	gl.AddMember(w.bot, "platform", 50) // Owner: group deploy tokens need it
+	gl.AddMember(w.bot, "other", 40)
+	w.dev = gl.AddUser("alice")
+	gl.AddMember(w.dev, "platform/app", 30)
+	w.botToken = gl.CreatePersonalAccessToken(w.bot, "service-account", []string{"api"}, nil)
+	return w
+}
+
+// job issues an ID token for a pipeline of platform/app.
+func (w *world) job(ref string, protected bool, mod ...func(*gitlabfake.Job)) string {
+	j := gitlabfake.Job{Project: w.app, User: w.dev, Ref: ref, RefType: "branch", RefProtected: protected,
+		Audience: []string{audience}, Timeout: time.Hour}
+	for _, m := range mod {
+		m(&j)
+	}
+	return w.gl.IssueIDToken(j)
+}
+
+const e2ePolicy = `
+rules:
+  - name: app-reads-libs
+    match:
+      project_path: platform/app
+      ref_protected: "true"
+    allow:
+      projects: [platform/lib, platform/app]
+      scopes: [read_repository, read_registry]
+      ttl: 1h
+  - name: app-pushes-deploy
+    match:
+      project_path: platform/app
+      ref: main
+      ref_protected: "true"
+    allow:
+      projects: [platform/deploy]
+      scopes: [read_repository, write_repository]
+      ttl: 15m
+      access_level: developer
+  - name: tools
+    match:
+      project_path: platform/app
+      ref_protected: "true"
+    allow:
+      groups: [platform/tools]
+      scopes: [read_repository]
+      ttl: 1h
+  - name: short
+    match:
+      project_path: platform/app
+      ref: short-lived
+    allow:
+      projects: [platform/lib]
+      scopes: [read_repository]
+      ttl: 12s
+`
+
+// daemon is a running exchanged.
+type daemon struct {
+	t       *testing.T
+	cfgPath string
+	sock    string // the Unix socket, when it listens on one
+	url     string // GLTOKEN_DAEMON for clients
+	caFile  string // CA of its TLS certificate, when it speaks https
+	dbPath  string
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	done    chan struct{}
+}
+
+type daemonOpts struct {
+	policy         string
+	reaperInterval string
+	extra          string // more configuration lines
+	registryURL    string // gitlab.registry_url
+	name           string // configuration file name, for several daemons in one world (default exchanged)
+	store          string // default {driver: sqlite, dsn: state.db}
+	// listen is a tcp:// address; default a Unix socket. With caFile set
+	// (and tls in extra) clients use https.
+	listen string
+	caFile string
+}
+
+// startDaemon writes a configuration in w.dir and starts exchanged on it.
+func (w *world) startDaemon(t *testing.T, o daemonOpts) *daemon {
+	t.Helper()
+	if o.policy == "" {
+		o.policy = e2ePolicy
+	}
+	if o.reaperInterval == "" {
+		o.reaperInterval = "1s"
+	}
+	if o.name == "" {
+		o.name = "exchanged"
+	}
+	if o.store == "" {
+		o.store = "{driver: sqlite, dsn: state.db}"
+	}
+	writeFile(t, filepath.Join(w.dir, "policy.yaml"), o.policy, 0o600)
+	writeFile(t, filepath.Join(w.dir, "gitlab-token"), w.botToken+"\n", 0o600)
+	d := &daemon{t: t, cfgPath: filepath.Join(w.dir, o.name+".yaml"), dbPath: filepath.Join(w.dir, "state.db"), caFile: o.caFile}
+	listen := o.listen
+	if listen == "" {
+		// Unix socket paths are limited to 108 bytes: keep the socket short.
+		sockDir, err := os.MkdirTemp("", "gl-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sockDir) })
+		d.sock = filepath.Join(sockDir, "x.sock")
+		listen = "unix://" + d.sock
+		d.url = listen
+	} else if o.caFile != "" {
+		d.url = "https://" + strings.TrimPrefix(listen, "tcp://")
+	} else {
+		d.url = "http://" + strings.TrimPrefix(listen, "tcp://")
+	}
+	cfg := fmt.Sprintf(`listen: [%q]
+gitlab:
+  url: %s
+  token_file: gitlab-token
+  registry_url: %q
+audience: %s
+policy_file: policy.yaml
+store: %s
+max_ttl: 12h
+reaper_interval: %s
+log_level: debug
+%s`, listen, w.gl.URL(), o.registryURL, audience, o.store, o.reaperInterval, o.extra)
+	writeFile(t, d.cfgPath, cfg, 0o600)
+	d.start()
+	t.Cleanup(d.stop)
+	return d
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	d.logs = &syncBuffer{}
+	d.cmd = exec.Command(filepath.Join(binDir, "exchanged"), "serve", "--config", d.cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.done = make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(d.done) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if resp, err := d.httpClient().Get(d.base() + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-d.done:
+			d.t.Fatalf("exchanged exited during start-up:\n%s", d.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("exchanged not ready after 20s:\n%s", d.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop ends the daemon gracefully (SIGTERM) and checks it exited cleanly.
+func (d *daemon) stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		d.t.Errorf("exchanged did not stop within 30s of SIGTERM")
+	}
+}
+
+// kill ends the daemon with SIGKILL, as a crash would.
+func (d *daemon) kill() {
+	_ = d.cmd.Process.Kill()
+	<-d.done
+}
+
+func (d *daemon) daemonURL() string { return d.url }
+
+// base is the URL prefix of the API for httpClient.
+func (d *daemon) base() string {
+	if d.sock != "" {
+		return "http://gltoken"
+	}
+	return d.url
+}
+
+func (d *daemon) httpClient() *http.Client {
+	tr := &http.Transport{}
+	if d.sock != "" {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", d.sock)
+		}
+	}
+	if d.caFile != "" {
+		pem, err := os.ReadFile(d.caFile)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: tr}
+}
+
+// exchange posts an RFC 8693 request straight to the daemon.
+func (d *daemon) exchange(idToken, resource, scope string) (*http.Response, string) {
+	d.t.Helper()
+	form := url.Values{
+		"grant_type":         {"urn:ietf:params:oauth:grant-type:token-exchange"},
+		"subject_token":      {idToken},
+		"subject_token_type": {"urn:ietf:params:oauth:token-type:jwt"},
+		"resource":           {resource},
+		"scope":              {scope},
+	}
+	resp, err := d.httpClient().PostForm(d.base()+"/v1/token", form)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp, b.String()
+}
+
+// git runs the real git with only gltoken as credential helper.
+type gitEnv struct {
+	t       *testing.T
+	home    string
+	env     []string
+	helper  string
+	workDir string
+}
+
+func (w *world) git(t *testing.T, d *daemon, idToken string, extraEnv ...string) *gitEnv {
+	t.Helper()
+	home := t.TempDir()
+	g := &gitEnv{t: t, home: home, workDir: t.TempDir(), helper: filepath.Join(binDir, "git-credential-gltoken")}
+	g.env = append(os.Environ(),
+		"HOME="+home,
+		"XDG_CONFIG_HOME="+home,
+		"GIT_CONFIG_NOSYSTEM=1",
+		"GIT_TERMINAL_PROMPT=0",
+		"GIT_ASKPASS=",
+		"SSH_ASKPASS=",
+		"GLTOKEN_ID_TOKEN="+idToken,
+		"GLTOKEN_DAEMON="+d.daemonURL(),
+	)
+	g.env = append(g.env, extraEnv...)
+	// The safety margin is lowered so that the short-lived rule's 12s
+	// credentials are handed out.
+	gitconfig := fmt.Sprintf(`[credential "%s"]
+	helper = %s --margin 5s
+	useHttpPath = true
+[user]
+	name = CI
+	email = ci@example.com
+[protocol "file"]
+	allow = never
+[init]
+	defaultBranch = main
+`, w.gl.URL(), g.helper)
+	writeFile(t, filepath.Join(home, ".gitconfig"), gitconfig, 0o600)
+	return g
+}
+
+// staticGit is git with a fixed credential, for setting up repositories.
+func (w *world) staticGit(t *testing.T, user, secret string) *gitEnv {
+	t.Helper()
+	home := t.TempDir()
+	g := &gitEnv{t: t, home: home, workDir: t.TempDir()}
+	g.env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+home, "GIT_CONFIG_NOSYSTEM=1", "GIT_TERMINAL_PROMPT=0")
+	gitconfig := fmt.Sprintf(`[credential]
+	helper = "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n'; }; f"
+[user]
+	name = Maintainer
+	email = maintainer@example.com
+[init]
+	defaultBranch = main
+`, user, secret)
+	writeFile(t, filepath.Join(home, ".gitconfig"), gitconfig, 0o600)
+	return g
+}
+
+// run runs git in dir and returns combined stdout and stderr.
+func (g *gitEnv) run(dir string, args ...string) (string, error) {
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	if cmd.Dir == "" {
+		cmd.Dir = g.workDir
+	}
+	cmd.Env = g.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (g *gitEnv) mustRun(dir string, args ...string) string {
+	g.t.Helper()
+	out, err := g.run(dir, args...)
+	if err != nil {
+		g.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func writeFile(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// liveMinted lists the tokens gltoken minted that GitLab has not revoked or
+// deleted (expired ones included: GitLab keeps those until someone deletes them).
+func (w *world) liveMinted() []gitlabfake.TokenState {
+	var out []gitlabfake.TokenState
+	for _, tok := range w.gl.Tokens() {
+		if strings.HasPrefix(tok.Name, "gltoken-") && !tok.Revoked && !tok.Deleted {
+			out = append(out, tok)
+		}
+	}
+	return out
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's stdout and a test reading it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) lines() []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	return out
+}

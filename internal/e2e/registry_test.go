@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// registry is Debian's docker-registry (distribution 2.8) serving https on
+// loopback with token auth against the stand-in's /jwt/auth.
+type registry struct {
+	host    string // 127.0.0.1:port
+	certDir string // holds ca.crt, for skopeo's --*-cert-dir
+}
+
+func needTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed: .ci/run must install %s", name, pkg)
+		}
+		t.Skipf("%s is not installed (apt-get install %s); the registry test did not run", name, pkg)
+	}
+	return p
+}
+
+func startRegistry(t *testing.T, w *world, p pki) *registry {
+	t.Helper()
+	bin := needTool(t, "docker-registry", "docker-registry")
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "gitlab-registry.crt")
+	writeFile(t, bundle, string(w.gl.RegistryCertPEM()), 0o644)
+	r := &registry{host: fmt.Sprintf("127.0.0.1:%d", freePort(t)), certDir: filepath.Join(dir, "certs")}
+	if err := os.MkdirAll(r.certDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := os.ReadFile(p.caFile)
+	writeFile(t, filepath.Join(r.certDir, "ca.crt"), string(ca), 0o644)
+	cfg := fmt.Sprintf(`version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}
+http:
+  addr: %s
+  tls: {certificate: %s, key: %s}
+auth:
+  token:
+    realm: %s/jwt/auth
+    service: container_registry
+    issuer: %s
+    rootcertbundle: %s
+`, filepath.Join(dir, "data"), r.host, p.serverCert, p.serverKey, w.gl.URL(), w.gl.RegistryIssuer(), bundle)
+	cfgFile := filepath.Join(dir, "config.yml")
+	writeFile(t, cfgFile, cfg, 0o644)
+	cmd := exec.Command(bin, "serve", cfgFile)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	hc := (&daemon{t: t, caFile: p.caFile}).httpClient()
+	waitFor(t, "the registry", func() bool {
+		resp, err := hc.Get("https://" + r.host + "/v2/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusUnauthorized
+	})
+	return r
+}
+
+// TestRegistryLoginThroughDockerHelper: skopeo pulls an image through
+// docker-credential-gltoken (named in credHelpers), with a read_registry
+// deploy token minted for the job, and is refused a push.
+func TestRegistryLoginThroughDockerHelper(t *testing.T) {
+	skopeo := needTool(t, "skopeo", "skopeo")
+	w := newWorld(t)
+	p := newPKI(t, w.dir)
+	reg := startRegistry(t, w, p)
+	d := w.startDaemon(t, daemonOpts{registryURL: "https://" + reg.host})
+
+	// A maintainer pushes the image the job will pull.
+	image := ociImage(t)
+	run := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(skopeo, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	base := append(os.Environ(), "HOME="+t.TempDir(), "XDG_RUNTIME_DIR="+t.TempDir(), "REGISTRY_AUTH_FILE=")
+	if out, err := run(base, "copy", "--dest-cert-dir", reg.certDir, "--dest-creds", "gltoken-bot:"+w.botToken,
+		"oci:"+image+":v1", "docker://"+reg.host+"/platform/lib:v1"); err != nil {
+		t.Fatalf("seed the registry: %v\n%s", err, out)
+	}
+
+	// The job: credHelpers names gltoken for the registry host.
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, ".docker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(home, ".docker", "config.json"), fmt.Sprintf(`{"credHelpers": {%q: "gltoken"}}`, reg.host), 0o600)
+	job := append(os.Environ(), "HOME="+home, "XDG_RUNTIME_DIR="+t.TempDir(), "REGISTRY_AUTH_FILE=",
+		"PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"GLTOKEN_ID_TOKEN="+w.job("main", true), "GLTOKEN_DAEMON="+d.daemonURL(),
+		"GLTOKEN_REGISTRY_PROJECT=platform/lib")
+	dest := filepath.Join(t.TempDir(), "pulled")
+	if out, err := run(job, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/platform/lib:v1", "dir:"+dest); err != nil {
+		t.Fatalf("pull through docker-credential-gltoken: %v\n%s\ndaemon:\n%s", err, out, d.logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dest, "manifest.json")); err != nil {
+		t.Fatalf("pulled image has no manifest: %v", err)
+	}
+	var dt []string
+	for _, tok := range w.liveMinted() {
+		if tok.OwnerPath == "platform/lib" {
+			dt = append(dt, tok.Kind+" "+strings.Join(tok.Scopes, ","))
+		}
+	}
+	if len(dt) != 1 || dt[0] != "deploy_project read_registry" {
+		t.Fatalf("minted %v, want one read_registry project deploy token", dt)
+	}
+
+	// A push needs write_registry, which the helper does not ask for by
+	// default and the registry therefore refuses.
+	out, err := run(job, "copy", "--dest-cert-dir", reg.certDir, "dir:"+dest, "docker://"+reg.host+"/platform/lib:v2")
+	if err == nil {
+		t.Fatalf("push with a read_registry credential succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, "denied") && !strings.Contains(out, "unauthorized") {
+		t.Fatalf("push refused for another reason:\n%s", out)
+	}
+	t.Logf("push refused: %s", strings.TrimSpace(out))
+	assertNoSecrets(t, "skopeo output", out)
+	assertNoSecrets(t, "daemon log", d.logs.String())
+}
+
+// ociImage writes a one-layer OCI image layout and returns its directory.
+func ociImage(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	blobs := filepath.Join(dir, "blobs", "sha256")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	put := func(b []byte) (string, int) {
+		sum := sha256.Sum256(b)
+		h := hex.EncodeToString(sum[:])
+		writeFile(t, filepath.Join(blobs, h), string(b), 0o644)
+		return "sha256:" + h, len(b)
+	}
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	content := []byte("hello from platform/lib\n")
+	_ = tw.WriteHeader(&tar.Header{Name: "hello.txt", Mode: 0o644, Size: int64(len(content)), ModTime: time.Unix(0, 0)})
+	_, _ = tw.Write(content)
+	_ = tw.Close()
+	diffSum := sha256.Sum256(tarBuf.Bytes())
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write(tarBuf.Bytes())
+	_ = zw.Close()
+	layer, layerSize := put(gz.Bytes())
+	config, _ := json.Marshal(map[string]any{
+		"architecture": "amd64", "os": "linux",
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + hex.EncodeToString(diffSum[:])}},
+	})
+	configDigest, configSize := put(config)
+	manifest, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": configDigest, "size": configSize},
+		"layers": []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layerSize}},
+	})
+	manifestDigest, manifestSize := put(manifest)
+	index, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"manifests": []any{map[string]any{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifestDigest, "size": manifestSize,
+			"annotations": map[string]string{"org.opencontainers.image.ref.name": "v1"}}},
+	})
+	writeFile(t, filepath.Join(dir, "index.json"), string(index), 0o644)
+	writeFile(t, filepath.Join(dir, "oci-layout"), `{"imageLayoutVersion":"1.0.0"}`, 0o644)
+	return dir
+}
