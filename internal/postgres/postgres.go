@@ -154,7 +154,7 @@ const columns = `id, state, kind, owner, owner_path, scopes, resource, rule, sub
 
 // CreateIntent inserts a Pending record.
 func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
-	r, err := checkIntent(r)
+	r, err := ledger.CheckIntent(r)
 	if err != nil {
 		return fmt.Errorf("postgres: create intent: %w", err)
 	}
@@ -179,7 +179,7 @@ func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
 
 // Activate moves a Pending record to Active.
 func (s *Store) Activate(ctx context.Context, id string, gitlabID int64, username, secretSHA256 string, expiresAt time.Time) error {
-	sha, err := checkFingerprint(secretSHA256)
+	sha, err := ledger.CheckFingerprint(secretSHA256)
 	if err != nil {
 		return fmt.Errorf("postgres: activate %s: %w", id, err)
 	}
@@ -201,7 +201,7 @@ func (s *Store) Activate(ctx context.Context, id string, gitlabID int64, usernam
 func (s *Store) Abandon(ctx context.Context, id, reason string) error {
 	err := s.transition(ctx, id, []ledger.State{ledger.Abandoned},
 		`UPDATE ledger_records SET state = 'abandoned', last_error = $2 WHERE id = $1 AND state = 'pending'`,
-		id, cleanError(reason))
+		id, ledger.CleanError(reason))
 	if err != nil {
 		return fmt.Errorf("postgres: abandon %s: %w", id, err)
 	}
@@ -228,7 +228,7 @@ func (s *Store) RetryLater(ctx context.Context, id string, next time.Time, lastE
 	err := s.transition(ctx, id, nil,
 		`UPDATE ledger_records SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
 		WHERE id = $1 AND state IN ('pending', 'active')`,
-		id, cleanError(lastErr), ts(next))
+		id, ledger.CleanError(lastErr), ts(next))
 	if err != nil {
 		return fmt.Errorf("postgres: retry %s later: %w", id, err)
 	}
@@ -265,7 +265,7 @@ func (s *Store) transition(ctx context.Context, id string, done []ledger.State, 
 // ClaimDue claims at most limit due records for lease. Rows another
 // transaction is claiming right now are skipped, not waited for.
 func (s *Store) ClaimDue(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]ledger.Record, error) {
-	if err := checkClaim(lease, limit); err != nil {
+	if err := ledger.CheckClaim(lease, limit); err != nil {
 		return nil, fmt.Errorf("postgres: claim due: %w", err)
 	}
 	rows, err := s.pool.Query(ctx, `WITH due AS (
@@ -322,7 +322,7 @@ func (s *Store) Get(ctx context.Context, id string) (ledger.Record, error) {
 
 // FindBySecret returns the record with that secret fingerprint.
 func (s *Store) FindBySecret(ctx context.Context, secretSHA256 string) (ledger.Record, error) {
-	sha, ok := lookupFingerprint(secretSHA256)
+	sha, ok := ledger.LookupFingerprint(secretSHA256)
 	if !ok {
 		return ledger.Record{}, fmt.Errorf("postgres: find by secret: %w", ledger.ErrNotFound)
 	}

@@ -242,7 +242,7 @@ const columns = `id, state, kind, owner, owner_path, scopes, resource, rule, sub
 
 // CreateIntent inserts a Pending record.
 func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
-	r, err := checkIntent(r)
+	r, err := ledger.CheckIntent(r)
 	if err != nil {
 		return fmt.Errorf("sqlite: create intent: %w", err)
 	}
@@ -271,7 +271,7 @@ func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
 
 // Activate moves a Pending record to Active.
 func (s *Store) Activate(ctx context.Context, id string, gitlabID int64, username, secretSHA256 string, expiresAt time.Time) error {
-	sha, err := checkFingerprint(secretSHA256)
+	sha, err := ledger.CheckFingerprint(secretSHA256)
 	if err != nil {
 		return fmt.Errorf("sqlite: activate %s: %w", id, err)
 	}
@@ -294,7 +294,7 @@ func (s *Store) Activate(ctx context.Context, id string, gitlabID int64, usernam
 func (s *Store) Abandon(ctx context.Context, id, reason string) error {
 	err := s.transition(ctx, id, []ledger.State{ledger.Abandoned},
 		`UPDATE ledger_records SET state = 'abandoned', last_error = ? WHERE id = ? AND state = 'pending'`,
-		cleanError(reason), id)
+		ledger.CleanError(reason), id)
 	if err != nil {
 		return fmt.Errorf("sqlite: abandon %s: %w", id, err)
 	}
@@ -321,7 +321,7 @@ func (s *Store) RetryLater(ctx context.Context, id string, next time.Time, lastE
 	err := s.transition(ctx, id, nil,
 		`UPDATE ledger_records SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?
 		WHERE id = ? AND state IN ('pending', 'active')`,
-		cleanError(lastErr), micros(next), id)
+		ledger.CleanError(lastErr), micros(next), id)
 	if err != nil {
 		return fmt.Errorf("sqlite: retry %s later: %w", id, err)
 	}
@@ -374,7 +374,7 @@ const claimIDs = `SELECT id FROM ledger_records INDEXED BY ledger_records_due
 
 // ClaimDue claims at most limit due records for lease.
 func (s *Store) ClaimDue(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]ledger.Record, error) {
-	if err := checkClaim(lease, limit); err != nil {
+	if err := ledger.CheckClaim(lease, limit); err != nil {
 		return nil, fmt.Errorf("sqlite: claim due: %w", err)
 	}
 	until := now.Add(lease)
@@ -428,7 +428,7 @@ func (s *Store) Get(ctx context.Context, id string) (ledger.Record, error) {
 
 // FindBySecret returns the record with that secret fingerprint.
 func (s *Store) FindBySecret(ctx context.Context, secretSHA256 string) (ledger.Record, error) {
-	sha, ok := lookupFingerprint(secretSHA256)
+	sha, ok := ledger.LookupFingerprint(secretSHA256)
 	if !ok {
 		return ledger.Record{}, fmt.Errorf("sqlite: find by secret: %w", ledger.ErrNotFound)
 	}

@@ -1,7 +1,6 @@
-package postgres
+package ledger
 
-// This file is kept identical (but for the package clause) in
-// internal/sqlite: the ledger.Store contract's input rules.
+// The Store contract's input rules, shared by every store implementation.
 
 import (
 	"errors"
@@ -9,22 +8,20 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	"gltoken.dev/gltoken/internal/ledger"
 )
 
-// maxErrorLen is the most bytes of LastError a store keeps.
-const maxErrorLen = 1024
+// MaxErrorLen is the most bytes of LastError (or an Abandon reason) a store keeps.
+const MaxErrorLen = 1024
 
-// checkIntent returns r as CreateIntent stores it, or why it refuses it.
-func checkIntent(r ledger.Record) (ledger.Record, error) {
+// CheckIntent returns r as CreateIntent stores it, or why a store refuses it.
+func CheckIntent(r Record) (Record, error) {
 	if r.ID == "" {
 		return r, errors.New("record has no id")
 	}
-	if r.State != "" && r.State != ledger.Pending {
+	if r.State != "" && r.State != Pending {
 		return r, fmt.Errorf("record %s: an intent must be pending, not %q", r.ID, r.State)
 	}
-	r.State = ledger.Pending
+	r.State = Pending
 	if !validKind(r.Kind) {
 		return r, fmt.Errorf("record %s: unknown kind %q", r.ID, r.Kind)
 	}
@@ -39,27 +36,27 @@ func checkIntent(r ledger.Record) (ledger.Record, error) {
 		return r, fmt.Errorf("record %s: negative attempts", r.ID)
 	}
 	if r.SecretSHA256 != "" {
-		sha, err := checkFingerprint(r.SecretSHA256)
+		sha, err := CheckFingerprint(r.SecretSHA256)
 		if err != nil {
 			return r, fmt.Errorf("record %s: %w", r.ID, err)
 		}
 		r.SecretSHA256 = sha
 	}
-	r.LastError = cleanError(r.LastError)
+	r.LastError = CleanError(r.LastError)
 	return r, nil
 }
 
-func validKind(k ledger.Kind) bool {
+func validKind(k Kind) bool {
 	switch k {
-	case ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken:
+	case ProjectDeployToken, GroupDeployToken, ProjectAccessToken, GroupAccessToken:
 		return true
 	}
 	return false
 }
 
-// checkFingerprint returns sha lower-cased if it is a hex SHA-256. The check
+// CheckFingerprint returns sha lower-cased if it is a hex SHA-256. The check
 // is what keeps a raw token out of the ledger; the error does not quote it.
-func checkFingerprint(sha string) (string, error) {
+func CheckFingerprint(sha string) (string, error) {
 	if len(sha) != 64 {
 		return "", fmt.Errorf("secret fingerprint is %d characters, want a 64-digit hex SHA-256", len(sha))
 	}
@@ -72,29 +69,30 @@ func checkFingerprint(sha string) (string, error) {
 	return strings.ToLower(sha), nil
 }
 
-// lookupFingerprint is checkFingerprint for lookups: anything that is not a
+// LookupFingerprint is CheckFingerprint for lookups: anything that is not a
 // fingerprint matches nothing.
-func lookupFingerprint(sha string) (string, bool) {
-	s, err := checkFingerprint(sha)
+func LookupFingerprint(sha string) (string, bool) {
+	s, err := CheckFingerprint(sha)
 	return s, err == nil
 }
 
-// cleanError makes s storable: valid UTF-8, no NUL bytes, at most
-// maxErrorLen bytes cut at a character boundary.
-func cleanError(s string) string {
+// CleanError makes s storable: valid UTF-8, no NUL bytes, at most
+// MaxErrorLen bytes cut at a character boundary.
+func CleanError(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
-	if len(s) <= maxErrorLen {
+	if len(s) <= MaxErrorLen {
 		return s
 	}
-	cut := maxErrorLen
+	cut := MaxErrorLen
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
 	return s[:cut]
 }
 
-func checkClaim(lease time.Duration, limit int) error {
+// CheckClaim validates ClaimDue's arguments.
+func CheckClaim(lease time.Duration, limit int) error {
 	if limit <= 0 {
 		return fmt.Errorf("claim limit %d, want > 0", limit)
 	}
