@@ -2,9 +2,17 @@ package httpapi
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -272,4 +280,79 @@ func TestNonLoopbackTCPNeedsTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.closeListeners()
+}
+
+// TestTLSClientCertificates: with client_ca_file set, a client without a
+// certificate signed by that CA is refused; one with it is served and its
+// certificate's common name is recorded as the peer.
+func TestTLSClientCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := newCA(t)
+	serverCert, serverKey := issue(t, dir, "server", ca, caKey, x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey := issue(t, dir, "ci-runner-7", ca, caKey, x509.ExtKeyUsageClientAuth)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	svc := &fakeService{}
+	srv, err := Listen([]string{"tcp://127.0.0.1:0"}, &TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: caFile}, Handler(Options{Service: svc}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Serve(ctx, time.Second) }()
+	addr := "https://" + srv.Addrs()[0].String()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	client := func(certs ...tls.Certificate) *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: certs}}}
+	}
+	if _, err := client().PostForm(addr+"/v1/token", validForm()); err == nil {
+		t.Fatal("a client without a certificate was served")
+	}
+	kp, err := tls.LoadX509KeyPair(clientCert, clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client(kp).PostForm(addr+"/v1/token", validForm())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(svc.got.Peer, "cn=ci-runner-7") {
+		t.Fatalf("status %d, peer %q", resp.StatusCode, svc.got.Peer)
+	}
+}
+
+func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	return ca, key
+}
+
+// issue writes a certificate and key for cn signed by ca and returns their paths.
+func issue(t *testing.T, dir, cn string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage) (string, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	cert, keyFile := filepath.Join(dir, cn+".pem"), filepath.Join(dir, cn+".key")
+	_ = os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return cert, keyFile
 }
