@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"gltoken.dev/gltoken/internal/gitlabfake"
 )
 
 // TestVerificationThroughTheDaemon sends forged, stale and misaddressed ID
@@ -241,4 +243,54 @@ func grepLines(text, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestGitLabTroubles: while GitLab's API fails, the daemon still hands out
+// what it has cached and answers new requests with 503 or 429 and a
+// Retry-After; a lost create answer never leaves a second or a live token.
+func TestGitLabTroubles(t *testing.T) {
+	w := newWorld(t)
+	d := w.startDaemon(t, daemonOpts{})
+	lib := w.gl.URL() + "/platform/lib.git"
+	cachedJob := w.job("main", true)
+	if resp, body := d.exchange(cachedJob, lib, "read_repository"); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+
+	remove := w.gl.InjectFault(gitlabfake.Fault{PathPrefix: "/api/v4/", Status: http.StatusBadGateway})
+	if resp, body := d.exchange(cachedJob, lib, "read_repository"); resp.StatusCode != 200 {
+		t.Fatalf("cached credential while GitLab fails: %d %s", resp.StatusCode, body)
+	}
+	resp, body := d.exchange(w.job("main", true), lib, "read_repository")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "temporarily_unavailable") {
+		t.Fatalf("new mint while GitLab fails: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	remove()
+
+	remove = w.gl.InjectFault(gitlabfake.Fault{Method: "POST", PathPrefix: "/api/v4/projects/", Status: http.StatusTooManyRequests, RetryAfter: 7 * time.Second})
+	resp, body = d.exchange(w.job("main", true), lib, "read_repository")
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "7" {
+		t.Fatalf("GitLab rate limit: %d Retry-After %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	remove()
+
+	// The create succeeds but its answer is lost: the daemon finds the token
+	// by name and revokes it rather than creating a second one.
+	before := len(w.gl.Tokens())
+	remove = w.gl.InjectFault(gitlabfake.Fault{Method: "POST", PathPrefix: "/api/v4/projects/", LoseResponse: true, Status: http.StatusBadGateway, Times: 1})
+	resp, body = d.exchange(w.job("main", true), lib, "read_repository")
+	remove()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("lost create answer: %d %s", resp.StatusCode, body)
+	}
+	if created := len(w.gl.Tokens()) - before; created != 1 {
+		t.Fatalf("a lost answer led to %d creates, want exactly 1", created)
+	}
+	if n := len(w.liveMinted()); n != 1 {
+		t.Fatalf("live = %d, want only the first credential", n)
+	}
+	// And the client's retry succeeds.
+	if resp, body := d.exchange(w.job("main", true), lib, "read_repository"); resp.StatusCode != 200 {
+		t.Fatalf("retry: %d %s", resp.StatusCode, body)
+	}
 }
