@@ -230,6 +230,8 @@ func (c *Config) validate() []string {
 	for _, l := range c.Listen {
 		u, err := url.Parse(l)
 		switch {
+		case l == "systemd:":
+			// socket activation: the .socket unit names the addresses
 		case err != nil:
 			add("listen: %q is not a URL", l)
 		case u.Scheme == "unix":
@@ -245,7 +247,7 @@ func (c *Config) validate() []string {
 				add("listen: %q is not loopback, so tls.cert_file and tls.key_file are required", l)
 			}
 		default:
-			add("listen: %q: scheme must be unix:// or tcp://", l)
+			add("listen: %q: use unix:///path, tcp://host:port or systemd:", l)
 		}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {

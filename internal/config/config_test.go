@@ -52,7 +52,7 @@ func TestValidation(t *testing.T) {
 		{"trailing slash", strings.Replace(valid, "url: https://gitlab.example.com", "url: https://gitlab.example.com/", 1), []string{"trailing slash"}},
 		{"bad driver", valid + "store: {driver: mysql}\n", []string{"use sqlite or postgres"}},
 		{"postgres without dsn", valid + "store: {driver: postgres}\n", []string{"store.dsn is required"}},
-		{"bad listen", strings.Replace(valid, "unix:///run/gltoken/exchanged.sock", "http://x", 1), []string{"scheme must be"}},
+		{"bad listen", strings.Replace(valid, "unix:///run/gltoken/exchanged.sock", "http://x", 1), []string{"use unix:///path"}},
 	}
 	tests[3].yaml = strings.Replace(valid, "listen: [unix:///run/gltoken/exchanged.sock]", "listen: [tcp://0.0.0.0:8638]", 1)
 	tests[3].want = []string{"tls.cert_file and tls.key_file are required"}

@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -292,5 +295,50 @@ func TestGitLabTroubles(t *testing.T) {
 	// And the client's retry succeeds.
 	if resp, body := d.exchange(w.job("main", true), lib, "read_repository"); resp.StatusCode != 200 {
 		t.Fatalf("retry: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestSocketActivation runs exchanged as systemd would with a .socket unit:
+// the socket is made by the parent and passed as descriptor 3 with
+// LISTEN_FDS and LISTEN_PID; git reaches the daemon through it.
+func TestSocketActivation(t *testing.T) {
+	w := newWorld(t)
+	d := w.startDaemon(t, daemonOpts{}) // writes the configuration
+	d.stop()
+	cfg, _ := os.ReadFile(d.cfgPath)
+	writeFile(t, d.cfgPath, strings.Replace(string(cfg), `listen: ["unix://`+d.sock+`"]`, `listen: ["systemd:"]`, 1), 0o600)
+
+	ln, err := net.Listen("unix", d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.UnixListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d.logs = &syncBuffer{}
+	d.cmd = exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" serve --config "$1"`, filepath.Join(binDir, "exchanged"), d.cfgPath)
+	d.cmd.ExtraFiles = []*os.File{f}
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.done = make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(d.done) }()
+	waitFor(t, "the socket-activated daemon", func() bool {
+		resp, err := d.httpClient().Get(d.base() + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	g := w.git(t, d, w.job("main", true))
+	g.mustRun("", "clone", w.gl.URL()+"/platform/lib.git")
+	d.stop()
+	if _, err := os.Stat(d.sock); err != nil {
+		t.Fatalf("the daemon removed the socket its unit owns: %v", err)
 	}
 }

@@ -29,15 +29,18 @@ type TLSFiles struct {
 
 // Server runs the handler on every listen address.
 type Server struct {
-	handler http.Handler
-	log     *slog.Logger
-	servers []*http.Server
-	lns     []net.Listener
+	handler   http.Handler
+	log       *slog.Logger
+	servers   []*http.Server
+	lns       []net.Listener
+	activated bool // the listeners came from systemd
 }
 
 // Listen opens every address: "unix:///path" (socket mode 0660, a stale
-// socket file is replaced) or "tcp://host:port" (TLS required unless the host
-// is loopback). Nothing is served until Serve.
+// socket file is replaced), "tcp://host:port" (TLS required unless the host
+// is loopback), or "systemd:" for the sockets systemd passes to a
+// socket-activated service (LISTEN_FDS; TLS applies to TCP ones). Nothing is
+// served until Serve.
 func Listen(addrs []string, tlsFiles *TLSFiles, h http.Handler, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -51,6 +54,16 @@ func Listen(addrs []string, tlsFiles *TLSFiles, h http.Handler, log *slog.Logger
 		}
 	}
 	for _, a := range addrs {
+		if a == "systemd:" {
+			lns, err := systemdListeners(tlsCfg)
+			if err != nil {
+				s.closeListeners()
+				return nil, err
+			}
+			s.lns = append(s.lns, lns...)
+			s.activated = true
+			continue
+		}
 		ln, err := listen(a, tlsCfg)
 		if err != nil {
 			s.closeListeners()
@@ -59,6 +72,47 @@ func Listen(addrs []string, tlsFiles *TLSFiles, h http.Handler, log *slog.Logger
 		s.lns = append(s.lns, ln)
 	}
 	return s, nil
+}
+
+// systemdListeners takes the sockets of systemd's socket activation
+// (sd_listen_fds: LISTEN_PID names this process, LISTEN_FDS counts the
+// descriptors from 3). The socket unit owns the Unix socket's path and mode,
+// so it outlives restarts of the daemon.
+func systemdListeners(tlsCfg *tls.Config) ([]net.Listener, error) {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		return nil, errors.New("listen systemd: no sockets passed by systemd (LISTEN_PID is not this process); run from a .socket unit")
+	}
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n < 1 {
+		return nil, errors.New("listen systemd: LISTEN_FDS names no socket")
+	}
+	os.Unsetenv("LISTEN_PID")
+	os.Unsetenv("LISTEN_FDS")
+	os.Unsetenv("LISTEN_FDNAMES")
+	var lns []net.Listener
+	for fd := 3; fd < 3+n; fd++ {
+		syscall.CloseOnExec(fd)
+		f := os.NewFile(uintptr(fd), "systemd-socket")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listen systemd: descriptor %d: %w", fd, err)
+		}
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
+			switch {
+			case tlsCfg != nil:
+				ln = tls.NewListener(ln, tlsCfg)
+			case !tcp.IP.IsLoopback():
+				ln.Close()
+				return nil, fmt.Errorf("listen systemd: TCP socket %s is not loopback, so TLS is required (set tls.cert_file and tls.key_file)", tcp)
+			}
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }
 
 func listen(addr string, tlsCfg *tls.Config) (net.Listener, error) {
@@ -196,10 +250,11 @@ func (s *Server) shutdown(grace time.Duration) error {
 
 func (s *Server) closeListeners() {
 	for _, ln := range s.lns {
-		ln.Close()
 		if ul, ok := ln.(*net.UnixListener); ok {
-			_ = os.Remove(ul.Addr().String())
+			// A socket systemd passed stays: its unit owns the path.
+			ul.SetUnlinkOnClose(!s.activated)
 		}
+		ln.Close()
 	}
 }
 
