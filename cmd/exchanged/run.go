@@ -260,7 +260,43 @@ func gitlabHTTPClient(cfg *config.Config) (*http.Client, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
+	return &http.Client{Transport: limitBodies{tr, maxGitLabResponse}, Timeout: 30 * time.Second}, nil
+}
+
+// maxGitLabResponse bounds what is read of any one GitLab answer (a page of
+// tokens is a few tens of KiB; a JWKS a few KiB).
+const maxGitLabResponse = 8 << 20
+
+// limitBodies fails the read of a response body larger than max instead of
+// holding it in memory.
+type limitBodies struct {
+	next http.RoundTripper
+	max  int64
+}
+
+func (l limitBodies) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(r)
+	if err == nil {
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: l.max}
+	}
+	return resp, err
+}
+
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("GitLab's answer is larger than %d bytes", maxGitLabResponse)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 func openStore(ctx context.Context, cfg *config.Config) (ledger.Store, error) {
