@@ -296,6 +296,14 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	// The mint outlives a client that hangs up: an intent half done is worse
 	// than a credential nobody collects (the reaper ends that one on time).
 	ctx = context.WithoutCancel(ctx)
+	// The policy decided on a path: mint on exactly that project or group,
+	// by its id, so a rename later cannot point revocation elsewhere.
+	ownerPath := mreq.Owner
+	ownerID, err := s.minter.ResolveOwner(ctx, mreq.Kind, ownerPath)
+	if err != nil {
+		return nil, s.gitlabError(ownerPath, err)
+	}
+	mreq.Owner = ownerID
 	id, err := newLedgerID()
 	if err != nil {
 		return nil, internalError(err)
@@ -303,7 +311,7 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	mreq.Name = "gltoken-" + id
 	now := s.cfg.Now()
 	rec := ledger.Record{
-		ID: id, State: ledger.Pending, Kind: mreq.Kind, Owner: mreq.Owner, OwnerPath: mreq.Owner,
+		ID: id, State: ledger.Pending, Kind: mreq.Kind, Owner: ownerID, OwnerPath: ownerPath,
 		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule,
 		Subject: tok.Subject, ProjectID: tok.Claims["project_id"], PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID,
@@ -321,7 +329,13 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	if err != nil {
 		return nil, s.mintFailed(ctx, rec, err)
 	}
-	if err := s.store.Activate(ctx, id, cred.GitLabID, cred.Username, Fingerprint(cred.Secret), cred.ExpiresAt); err != nil {
+	// The ledger revokes at the lifetime the policy allowed, whatever date
+	// GitLab keeps as its own backstop.
+	expires := mreq.ExpiresAt
+	if !cred.ExpiresAt.IsZero() && cred.ExpiresAt.Before(expires) {
+		expires = cred.ExpiresAt
+	}
+	if err := s.store.Activate(ctx, id, cred.GitLabID, cred.Username, Fingerprint(cred.Secret), expires); err != nil {
 		// The intent stays for the reaper if the store is down; if the reaper
 		// already gave up on it, end the credential now.
 		ref := TokenRef{Kind: cred.Kind, Owner: cred.Owner, GitLabID: cred.GitLabID}
@@ -331,11 +345,8 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 		return nil, &Error{Code: CodeUnavailable, Description: "the ledger could not record the credential, so it was not handed out; try again", RetryAfter: 5 * time.Second, detail: err.Error()}
 	}
 	s.cfg.Observer.Minted(cred.Kind)
-	iss := &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: cred.ExpiresAt,
+	iss := &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,
 		Scopes: mreq.Scopes, Kind: cred.Kind, LedgerID: id}
-	if iss.ExpiresAt.IsZero() || iss.ExpiresAt.After(mreq.ExpiresAt) {
-		iss.ExpiresAt = mreq.ExpiresAt // access tokens: GitLab holds a date, the ledger the real TTL
-	}
 	s.remember(key, cached{ledgerID: id, cred: Credential{
 		Kind: cred.Kind, Owner: cred.Owner, OwnerPath: cred.OwnerPath, GitLabID: cred.GitLabID, Name: cred.Name,
 		Username: cred.Username, Secret: cred.Secret, ExpiresAt: iss.ExpiresAt}, scopes: mreq.Scopes})
@@ -362,6 +373,11 @@ func (s *Service) mintFailed(ctx context.Context, rec ledger.Record, err error) 
 		return &Error{Code: CodeUnavailable, Description: "GitLab did not confirm the new credential; nothing usable was minted, try again", RetryAfter: time.Second, detail: err.Error()}
 	}
 	_ = s.store.Abandon(ctx, rec.ID, err.Error())
+	return s.gitlabError(rec.OwnerPath, err)
+}
+
+// gitlabError maps what the minter returned to the API's errors.
+func (s *Service) gitlabError(owner string, err error) error {
 	var ra *RetryAfterError
 	switch {
 	case errors.As(err, &ra):
@@ -369,9 +385,9 @@ func (s *Service) mintFailed(ctx context.Context, rec ledger.Record, err error) 
 	case errors.Is(err, ErrRateLimited):
 		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: 10 * time.Second, detail: err.Error()}
 	case errors.Is(err, ErrNotFound):
-		return &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf("%s was not found in GitLab (or the service account cannot see it)", rec.Owner), detail: err.Error()}
+		return &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf("%s was not found in GitLab under that exact path (it may have moved or been renamed, or the service account cannot see it)", owner), detail: err.Error()}
 	case errors.Is(err, ErrForbidden):
-		return &Error{Code: CodeServerError, Description: fmt.Sprintf("GitLab refused to mint on %s: the daemon's service account lacks the rights (Maintainer on a project, Owner on a group); ask the daemon's operator", rec.Owner), detail: err.Error()}
+		return &Error{Code: CodeServerError, Description: fmt.Sprintf("GitLab refused to mint on %s: the daemon's service account lacks the rights (Maintainer on a project, Owner on a group); ask the daemon's operator", owner), detail: err.Error()}
 	case errors.Is(err, ErrUnavailable):
 		return &Error{Code: CodeUnavailable, Description: "GitLab cannot be reached; try again later", RetryAfter: 5 * time.Second, detail: err.Error()}
 	case errors.Is(err, ErrRejected):

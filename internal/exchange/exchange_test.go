@@ -71,6 +71,15 @@ var _ Minter = (*fakeMinter)(nil)
 
 func newFakeMinter() *fakeMinter { return &fakeMinter{live: map[string]Credential{}} }
 
+// ResolveOwner knows every path but "platform/libs/moved", which GitLab would
+// only find through a redirect.
+func (f *fakeMinter) ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (string, error) {
+	if path == "platform/libs/moved" {
+		return "", fmt.Errorf("%w: known as other/moved", ErrNotFound)
+	}
+	return "id:" + path, nil
+}
+
 func (f *fakeMinter) Mint(ctx context.Context, req MintRequest) (Credential, error) {
 	f.mints.Add(1)
 	if f.block != nil {
@@ -83,7 +92,7 @@ func (f *fakeMinter) Mint(ctx context.Context, req MintRequest) (Credential, err
 		return Credential{}, err
 	}
 	f.nextID++
-	c := Credential{Kind: req.Kind, Owner: "100", OwnerPath: req.Owner, GitLabID: f.nextID, Name: req.Name,
+	c := Credential{Kind: req.Kind, Owner: req.Owner, OwnerPath: strings.TrimPrefix(req.Owner, "id:"), GitLabID: f.nextID, Name: req.Name,
 		Username: fmt.Sprintf("gitlab+deploy-token-%d", f.nextID), Secret: fmt.Sprintf("gldt-secret-%d", f.nextID), ExpiresAt: req.ExpiresAt}
 	f.live[req.Name] = c
 	if f.createThenFail {
@@ -210,6 +219,7 @@ func TestExchangeDecisions(t *testing.T) {
 		{name: "credentials in URL", token: "job-token", resource: "https://u:p@gitlab.example.com/platform/lib", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 		{name: "no project", token: "job-token", resource: "https://gitlab.example.com/platform", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 		{name: "relative", token: "job-token", resource: "platform/lib", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
+		{name: "path GitLab only redirects", token: "job-token", resource: "https://gitlab.example.com/platform/libs/moved", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,8 +14,8 @@ type MintRequest struct {
 	// an ambiguous create is reconciled, so it must be unique.
 	Name string
 	Kind ledger.Kind
-	// Owner is the project or group full path (for project kinds, the project;
-	// for group kinds, the group).
+	// Owner is the numeric id (decimal) of the project (project kinds) or the
+	// group (group kinds), as ResolveOwner returned it.
 	Owner       string
 	Scopes      []string
 	ExpiresAt   time.Time // exact; access tokens get the date GitLab allows as a backstop
@@ -44,6 +44,13 @@ type TokenRef struct {
 
 // Minter is the GitLab side of the exchange: the internal/gitlab adapter implements it.
 type Minter interface {
+	// ResolveOwner returns the numeric id (decimal) of the project (project
+	// kinds) or group (group kinds) whose full path is exactly path. GitLab
+	// also finds a project by an old path (after a rename or transfer) and
+	// ignores case: such a match MUST be refused with ErrNotFound, since the
+	// policy decided on path, not on whatever GitLab redirects it to. It must
+	// not answer from a cache that could be stale.
+	ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (id string, err error)
 	// Mint creates the credential. It MUST NOT retry a create on its own: when
 	// GitLab's answer is lost or ambiguous it returns an error wrapping
 	// ErrAmbiguous, and the caller reconciles with FindByName.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/ledger"
 )
 
 // ResolveProject returns the numeric id of the project at path (a full path
@@ -136,4 +137,42 @@ func (c *idCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
+}
+
+// ResolveOwner implements exchange.Minter: the id of the project (project
+// kinds) or group (group kinds) whose canonical full path is exactly path.
+// GitLab's API also answers for an old path of a moved or renamed project
+// (a redirect route) and ignores case; those answers are refused with
+// exchange.ErrNotFound, because the policy allowed path and nothing else.
+// It always asks GitLab: a cached id could belong to a project moved since.
+func (c *Client) ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (string, error) {
+	path = strings.Trim(path, "/")
+	if path == "" {
+		return "", fmt.Errorf("resolve owner: %w: empty path", exchange.ErrRejected)
+	}
+	if !knownKind(kind) {
+		return "", fmt.Errorf("resolve owner: %w: unknown credential kind %q", exchange.ErrRejected, kind)
+	}
+	var (
+		id        int64
+		canonical string
+	)
+	switch kind {
+	case ledger.ProjectDeployToken, ledger.ProjectAccessToken:
+		p, resp, err := c.gl.Projects.GetProject(path, nil, reqOpts(ctx, http.MethodGet, "/projects/:id")...)
+		if err != nil {
+			return "", c.mapError("resolve project "+path, "access to project "+path, resp, err, false)
+		}
+		id, canonical = p.ID, p.PathWithNamespace
+	default:
+		g, resp, err := c.gl.Groups.GetGroup(path, nil, reqOpts(ctx, http.MethodGet, "/groups/:id")...)
+		if err != nil {
+			return "", c.mapError("resolve group "+path, "access to group "+path, resp, err, false)
+		}
+		id, canonical = g.ID, g.FullPath
+	}
+	if canonical != path {
+		return "", fmt.Errorf("resolve %s: %w: GitLab knows it as %q (moved, renamed or differently cased); ask for that path", path, exchange.ErrNotFound, canonical)
+	}
+	return strconv.FormatInt(id, 10), nil
 }

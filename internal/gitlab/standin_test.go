@@ -315,3 +315,40 @@ func TestStandinResolveCache(t *testing.T) {
 		t.Errorf("%d group lookups, want 1", n)
 	}
 }
+
+// TestResolveOwnerRefusesRedirects: GitLab's API finds a project by an old
+// path (after a move) and ignores case; the policy allowed one exact path,
+// so only that path resolves.
+func TestResolveOwnerRefusesRedirects(t *testing.T) {
+	st := newStandin(t)
+	ctx := context.Background()
+	id, err := st.c.ResolveOwner(ctx, ledger.ProjectDeployToken, "platform/lib")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib, _ := st.s.ProjectByPath("platform/lib")
+	if id != strconv.FormatInt(lib.ID, 10) {
+		t.Fatalf("id = %s, want %d", id, lib.ID)
+	}
+	if gid, err := st.c.ResolveOwner(ctx, ledger.GroupDeployToken, "platform/tools"); err != nil || gid == "" {
+		t.Fatalf("group: %q %v", gid, err)
+	}
+	for _, tt := range []struct {
+		kind ledger.Kind
+		path string
+	}{
+		{ledger.ProjectDeployToken, "Platform/Lib"},
+		{ledger.GroupDeployToken, "platform/TOOLS"},
+	} {
+		if _, err := st.c.ResolveOwner(ctx, tt.kind, tt.path); !errors.Is(err, exchange.ErrNotFound) {
+			t.Errorf("%s: err = %v, want ErrNotFound", tt.path, err)
+		}
+	}
+	if err := st.s.MoveProject("platform/lib", "finance/lib"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.c.ResolveOwner(ctx, ledger.ProjectAccessToken, "platform/lib")
+	if !errors.Is(err, exchange.ErrNotFound) || !strings.Contains(err.Error(), "finance/lib") {
+		t.Fatalf("old path of a moved project: err = %v, want ErrNotFound naming finance/lib", err)
+	}
+}

@@ -23,18 +23,38 @@ func (s *Server) optionalCaller(w http.ResponseWriter, r *http.Request) (*apiCal
 	return c, c != nil
 }
 
+// lookupProjectLocked finds a project as GitLab's API does
+// (find_by_full_path(id, follow_redirects: true)): by id, by full path
+// ignoring case, or by an old path a move or rename left as a redirect route.
 func (s *Server) lookupProjectLocked(id string) *Project {
 	if n, err := strconv.ParseInt(id, 10, 64); err == nil {
 		return s.projects[n]
 	}
-	return s.projectsByPath[id]
+	if p := s.projectsByPath[id]; p != nil {
+		return p
+	}
+	for path, p := range s.projectsByPath {
+		if strings.EqualFold(path, id) {
+			return p
+		}
+	}
+	return s.projects[s.projectRedirects[strings.ToLower(id)]]
 }
 
+// lookupGroupLocked finds a group by id or by full path ignoring case.
 func (s *Server) lookupGroupLocked(id string) *Group {
 	if n, err := strconv.ParseInt(id, 10, 64); err == nil {
 		return s.groups[n]
 	}
-	return s.groupsByPath[id]
+	if g := s.groupsByPath[id]; g != nil {
+		return g
+	}
+	for path, g := range s.groupsByPath {
+		if strings.EqualFold(path, id) {
+			return g
+		}
+	}
+	return nil
 }
 
 // source is a project or a group found for a caller.

@@ -2,7 +2,9 @@ package gitlabfake
 
 import (
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 )
 
@@ -279,4 +281,36 @@ func (s *Server) ProjectByPath(fullPath string) (*Project, bool) {
 	defer s.mu.Unlock()
 	p, ok := s.projectsByPath[strings.Trim(fullPath, "/")]
 	return p, ok
+}
+
+// MoveProject renames or transfers a project to newPath (its group is
+// created if needed) as GitLab does: the id stays, the repository moves, and
+// the old path stays behind as a redirect route, so the API still finds the
+// project by it.
+func (s *Server) MoveProject(oldPath, newPath string) error {
+	oldPath, newPath = strings.Trim(oldPath, "/"), strings.Trim(newPath, "/")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.projectsByPath[oldPath]
+	if !ok {
+		return fmt.Errorf("gitlabfake: no project %q", oldPath)
+	}
+	if _, taken := s.projectsByPath[newPath]; taken {
+		return fmt.Errorf("gitlabfake: %q is taken", newPath)
+	}
+	from := s.repoDir(p)
+	g := s.addGroupLocked(path.Dir(newPath))
+	p.Path, p.Name, p.PathWithNamespace = path.Base(newPath), path.Base(newPath), newPath
+	p.NamespaceID, p.NamespacePath = g.ID, g.FullPath
+	if err := os.MkdirAll(filepath.Dir(s.repoDir(p)), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(from, s.repoDir(p)); err != nil {
+		return err
+	}
+	delete(s.projectsByPath, oldPath)
+	s.projectsByPath[newPath] = p
+	s.projectRedirects[strings.ToLower(oldPath)] = p.ID
+	delete(s.projectRedirects, strings.ToLower(newPath))
+	return nil
 }

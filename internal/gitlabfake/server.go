@@ -72,7 +72,10 @@ type Server struct {
 	groupsByPath   map[string]*Group
 	projects       map[int64]*Project
 	projectsByPath map[string]*Project
-	members        map[string]map[int64]int // source key ("g:ID"/"p:ID") -> user id -> access level
+	// projectRedirects maps an old full path (lower-cased) to the project a
+	// move or rename took it from, like GitLab's redirect routes.
+	projectRedirects map[string]int64
+	members          map[string]map[int64]int // source key ("g:ID"/"p:ID") -> user id -> access level
 
 	tokens      []*token // every token ever issued (deploy tokens too, deleted ones flagged)
 	tokenByHash map[[32]byte]*token
@@ -105,17 +108,18 @@ type Server struct {
 // New starts a stand-in on 127.0.0.1:0. It serves at once.
 func New(opts Options) (*Server, error) {
 	s := &Server{
-		opts:           opts,
-		now:            opts.Now,
-		users:          map[int64]*User{},
-		usersByName:    map[string]*User{},
-		groups:         map[int64]*Group{},
-		groupsByPath:   map[string]*Group{},
-		projects:       map[int64]*Project{},
-		projectsByPath: map[string]*Project{},
-		members:        map[string]map[int64]int{},
-		tokenByHash:    map[[32]byte]*token{},
-		rateLimit:      defaultRateLimit,
+		opts:             opts,
+		now:              opts.Now,
+		users:            map[int64]*User{},
+		usersByName:      map[string]*User{},
+		groups:           map[int64]*Group{},
+		groupsByPath:     map[string]*Group{},
+		projects:         map[int64]*Project{},
+		projectsByPath:   map[string]*Project{},
+		projectRedirects: map[string]int64{},
+		members:          map[string]map[int64]int{},
+		tokenByHash:      map[[32]byte]*token{},
+		rateLimit:        defaultRateLimit,
 	}
 	if s.now == nil {
 		s.now = time.Now
