@@ -56,7 +56,8 @@ DESCRIPTION
 COMMANDS
     serve     Run the daemon (the default). SIGTERM or SIGINT stop it
               gracefully; SIGHUP reloads the policy file, keeping the policy
-              in force when the new one is invalid (the log says why).
+              in force when the new one is invalid (the log says why), and
+              fetches GitLab's JWKS again (keys GitLab dropped stop working).
     check     Validate the configuration and the policy, naming every
               problem with its file, line and rule. Exit 0 when valid.
     explain   Print the policy's decision for the claims of an ID token (a
@@ -434,6 +435,12 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) int {
 				return
 			case <-hup:
 				pols.reload(log)
+				// An emergency key rotation at GitLab: drop removed keys now.
+				if err := verifier.Refresh(ctx); err != nil {
+					log.Error("JWKS refresh on SIGHUP failed; the key set in force stays", "error", err.Error())
+				} else {
+					log.Info("JWKS refreshed")
+				}
 			}
 		}
 	}()

@@ -66,7 +66,7 @@ const (
 	DefaultLeeway          = 60 * time.Second
 	MaxLeeway              = 60 * time.Second
 	DefaultRefreshCooldown = 30 * time.Second
-	DefaultRefreshInterval = 15 * time.Minute
+	DefaultRefreshInterval = 5 * time.Minute
 	MinRefreshInterval     = time.Second
 	DefaultMaxTokenBytes   = 16 << 10
 
@@ -108,7 +108,7 @@ type Config struct {
 	// RefreshCooldown is the minimum time between two JWKS fetches triggered by tokens with an
 	// unknown kid (or by tokens arriving while no key set is loaded); default 30s.
 	RefreshCooldown time.Duration
-	// RefreshInterval is the period of the background refresh; default 15m (GitLab sends
+	// RefreshInterval is the period of the background refresh; default 5m (GitLab sends
 	// max-age=86400; refreshing sooner makes a key rotation or removal visible). Minimum 1s.
 	RefreshInterval time.Duration
 	// MaxTokenBytes bounds the raw token checked before any parsing; default 16 KiB.
@@ -183,9 +183,11 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	}
 	v.ctx, v.cancel = context.WithCancel(ctx)
 
-	client := cfg.HTTPClient
-	if client == nil {
-		client = defaultHTTPClient()
+	client := defaultHTTPClient()
+	if cfg.HTTPClient != nil {
+		c := *cfg.HTTPClient // a copy: the caller's client keeps its own rules
+		c.CheckRedirect = sameOrigin
+		client = &c
 	}
 	window := min(cfg.RefreshInterval, time.Minute)
 	v.cache = jwk.NewCache(v.ctx,

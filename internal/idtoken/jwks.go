@@ -295,19 +295,20 @@ func defaultHTTPClient() *http.Client {
 	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = 5 * time.Second
 	tr.ResponseHeaderTimeout = FetchTimeout
-	return &http.Client{
-		Transport: tr,
-		Timeout:   FetchTimeout,
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= 3 {
-				return errors.New("too many redirects")
-			}
-			if req.URL.Host != via[0].URL.Host || req.URL.Scheme != via[0].URL.Scheme {
-				return fmt.Errorf("redirect to another origin (%s) refused", req.URL.Host)
-			}
-			return nil
-		},
+	return &http.Client{Transport: tr, Timeout: FetchTimeout, CheckRedirect: sameOrigin}
+}
+
+// sameOrigin is the JWKS fetch's redirect rule, also imposed on an injected
+// client: a redirect may not change scheme or host, so an https JWKS can
+// never be served over http or by another server.
+func sameOrigin(req *http.Request, via []*http.Request) error {
+	if len(via) >= 3 {
+		return errors.New("too many redirects")
 	}
+	if req.URL.Host != via[0].URL.Host || req.URL.Scheme != via[0].URL.Scheme {
+		return fmt.Errorf("redirect to another origin (%s://%s) refused", req.URL.Scheme, req.URL.Host)
+	}
+	return nil
 }
 
 // errSink adapts a function to jwk.ErrSink.

@@ -371,3 +371,25 @@ func TestVerifyCancelledWhileRefetching(t *testing.T) {
 		t.Fatalf("Verify error %v; want context.Canceled", err)
 	}
 }
+
+// TestInjectedClientDoesNotFollowCrossOriginRedirects: even with a caller's
+// client that follows any redirect, a JWKS redirected to another origin is
+// not loaded.
+func TestInjectedClientDoesNotFollowCrossOriginRedirects(t *testing.T) {
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the verifier followed a redirect to another origin")
+	}))
+	defer evil.Close()
+	gl := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, evil.URL+"/keys", http.StatusMovedPermanently)
+	}))
+	defer gl.Close()
+	v, err := New(context.Background(), Config{Issuer: gl.URL, Audience: "aud", HTTPClient: &http.Client{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if v.Ready() {
+		t.Fatal("keys loaded through a cross-origin redirect")
+	}
+}
