@@ -59,8 +59,10 @@ func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, svc *Service) *Re
 	if r.maxDelay <= 0 {
 		r.maxDelay = 5 * time.Minute
 	}
-	// A claim must outlast one pass over a batch of GitLab calls.
-	r.lease = max(2*time.Minute, 4*r.interval)
+	// A claim should outlast one pass over a batch of GitLab calls; if it
+	// does not, another replica revokes again, which is harmless. It is
+	// also how late a dead replica's claims are taken up by the others.
+	r.lease = max(30*time.Second, 3*r.interval)
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -114,13 +116,18 @@ func (r *Reaper) RunOnce(ctx context.Context) (int, error) {
 	}
 }
 
-// ReconcilePending settles every pending intent now, whatever its lease. Only
-// for a store no other daemon uses (the embedded one): at start-up, every
-// pending intent there belongs to a process that died. A token found by the
+// ReconcilePending releases the claims and settles every pending intent now,
+// whatever its lease. Only for a store no other daemon uses (the embedded
+// one): at start-up, every claim and pending intent there belongs to a
+// process that died. A token found by the
 // intent's name is revoked; an intent with no token is abandoned once its
 // lease is over, and until then left for the reaper (GitLab may still be
 // finishing the dead process's request).
 func (r *Reaper) ReconcilePending(ctx context.Context) (int, error) {
+	// Claims the dead process held would delay revocations by their lease.
+	if _, err := r.store.ReleaseClaims(ctx); err != nil {
+		return 0, fmt.Errorf("release claims: %w", err)
+	}
 	recs, err := r.store.ListPending(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("list pending intents: %w", err)

@@ -136,6 +136,11 @@ type Store interface {
 	// FindBySecret returns the record whose SecretSHA256 matches (hex, either
 	// case), in whatever state, or ErrNotFound (always for "").
 	FindBySecret(ctx context.Context, secretSHA256 string) (Record, error)
+	// ReleaseClaims makes every Active record whose NextAttemptAt lies past
+	// its ExpiresAt (claimed by a reaper, or backed off after a failure) due
+	// at ExpiresAt again, and reports how many. For start-up of a store one
+	// process owns: claims of a process that died must not delay revocation.
+	ReleaseClaims(ctx context.Context) (int, error)
 	// ListPending lists every Pending record, oldest CreatedAt first (for
 	// start-up reconciliation).
 	ListPending(ctx context.Context) ([]Record, error)

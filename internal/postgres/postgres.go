@@ -363,6 +363,16 @@ func (s *Store) ListPending(ctx context.Context) ([]ledger.Record, error) {
 	return recs, nil
 }
 
+// ReleaseClaims implements ledger.Store.
+func (s *Store) ReleaseClaims(ctx context.Context) (int, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE ledger_records SET next_attempt_at = expires_at
+		WHERE state = 'active' AND expires_at IS NOT NULL AND next_attempt_at > expires_at`)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: release claims: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
 // CountActive counts Active records.
 func (s *Store) CountActive(ctx context.Context) (int, error) {
 	var n int

@@ -469,6 +469,20 @@ func (s *Store) ListPending(ctx context.Context) ([]ledger.Record, error) {
 	return recs, nil
 }
 
+// ReleaseClaims implements ledger.Store.
+func (s *Store) ReleaseClaims(ctx context.Context) (int, error) {
+	res, err := s.writer.ExecContext(ctx, `UPDATE ledger_records SET next_attempt_at = expires_at
+		WHERE state = 'active' AND expires_at IS NOT NULL AND next_attempt_at > expires_at`)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: release claims: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: release claims: %w", err)
+	}
+	return int(n), nil
+}
+
 // CountActive counts Active records.
 func (s *Store) CountActive(ctx context.Context) (int, error) {
 	var n int

@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) ledger.Store) {
 		{"ClaimDueActiveAtRevocationTime", testClaimDueActiveAtRevocationTime},
 		{"ClaimDueRefusesBadInput", testClaimDueRefusesBadInput},
 		{"RetryLater", testRetryLater},
+		{"ReleaseClaims", testReleaseClaims},
 		{"ErrorTextSanitized", testErrorTextSanitized},
 		{"FindBySecret", testFindBySecret},
 		{"ListPending", testListPending},
@@ -670,6 +671,38 @@ func testClaimDueRefusesBadInput(t *testing.T, s ledger.Store) {
 		}
 	}
 	checkTime(t, "NextAttemptAt", mustGet(t, s, "c").NextAttemptAt, t0)
+}
+
+func testReleaseClaims(t *testing.T, s ledger.Store) {
+	ctx := ctxFor(t)
+	exp := t0.Add(time.Hour)
+	for _, id := range []string{"backedoff", "claimed", "notyet"} {
+		mustCreate(t, s, NewRecord(id, t0, t0.Add(2*time.Minute)))
+		mustActivate(t, s, id, exp)
+	}
+	mustCreate(t, s, NewRecord("pending", t0, exp.Add(time.Hour)))
+	// "backedoff" failed and waits; a reaper then claims "claimed" with a
+	// long lease and dies; "notyet" is untouched.
+	if err := s.RetryLater(ctx, "backedoff", exp.Add(time.Hour), "502"); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := s.ClaimDue(ctx, exp, 10*time.Minute, 1); err != nil || len(rs) != 1 || rs[0].ID != "claimed" {
+		t.Fatalf("ClaimDue = %q, %v", ids(rs), err)
+	}
+	n, err := s.ReleaseClaims(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("ReleaseClaims = %d, want 2", n)
+	}
+	for _, id := range []string{"claimed", "backedoff", "notyet"} {
+		checkTime(t, id+" NextAttemptAt", mustGet(t, s, id).NextAttemptAt, exp)
+	}
+	checkTime(t, "pending NextAttemptAt", mustGet(t, s, "pending").NextAttemptAt, exp.Add(time.Hour))
+	if rs, _ := s.ClaimDue(ctx, exp, time.Minute, 10); len(rs) != 3 {
+		t.Errorf("after ReleaseClaims, due at the TTL: %q, want three", ids(rs))
+	}
 }
 
 func testRetryLater(t *testing.T, s ledger.Store) {
