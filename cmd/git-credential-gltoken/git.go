@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os/exec"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -121,6 +122,12 @@ func gitGet(ctx context.Context, s *settings, scopes []string, stdin io.Reader, 
 
 // gitErase revokes the password git rejected, so that the next get mints a
 // fresh credential instead of the daemon serving the same one from its cache.
+// mintedUsername matches the usernames of the credentials exchanged mints:
+// deploy tokens (gitlab+deploy-token-N), project and group access tokens
+// (their bot users, project_N_bot_HEX / group_N_bot_HEX, or the token's
+// name when the bot could not be looked up).
+var mintedUsername = regexp.MustCompile(`^(gitlab\+deploy-token-[0-9]+|(project|group)_[0-9]+_bot_[0-9a-f]+|gltoken-[a-z2-7]+)$`)
+
 func gitErase(ctx context.Context, s *settings, stdin io.Reader, stderr io.Writer) int {
 	req, err := gitcred.Read(stdin)
 	if err != nil {
@@ -128,6 +135,12 @@ func gitErase(ctx context.Context, s *settings, stdin io.Reader, stderr io.Write
 	}
 	if req.Password == "" {
 		s.trace("erase without a password: nothing to revoke")
+		return 0
+	}
+	// git sends erase to every helper; a credential another helper gave (a
+	// person's own token) is not ours to send anywhere.
+	if !mintedUsername.MatchString(req.Username) {
+		s.trace("erase for user %q: not a credential gltoken hands out, left alone", req.Username)
 		return 0
 	}
 	fp := fingerprint(req.Password)

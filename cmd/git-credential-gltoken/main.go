@@ -108,24 +108,21 @@ func (s *settings) idToken() (string, error) {
 }
 
 // exchange asks the daemon for a credential with at least margin of life
-// left, asking once more if the first answer is too short.
+// left. A shorter one is refused, not asked for again: the daemon's answer
+// is bounded by the rule's ttl and the ID token's life, which a second ask
+// does not change (it would only mint a second unusable token).
 func (s *settings) exchange(ctx context.Context, c *client.Client, idToken, resource string, scopes []string) (*client.Token, error) {
-	for attempt := 1; ; attempt++ {
-		s.trace("POST %s/v1/token resource=%s scope=%q", c.Daemon(), resource, strings.Join(scopes, " "))
-		tok, err := c.Exchange(ctx, idToken, resource, scopes)
-		if err != nil {
-			return nil, err
-		}
-		left := time.Until(tok.ExpiresAt)
-		s.trace("got %s for %s, expires in %s (request id %s)", fingerprint(tok.AccessToken), tok.Username, left.Round(time.Second), orNone(tok.RequestID))
-		if left >= s.margin {
-			return tok, nil
-		}
-		if attempt == 2 {
-			return nil, errTooShort{left: left, margin: s.margin, requestID: tok.RequestID}
-		}
-		s.trace("less than the %s safety margin: asking once more", s.margin)
+	s.trace("POST %s/v1/token resource=%s scope=%q", c.Daemon(), resource, strings.Join(scopes, " "))
+	tok, err := c.Exchange(ctx, idToken, resource, scopes)
+	if err != nil {
+		return nil, err
 	}
+	left := time.Until(tok.ExpiresAt)
+	s.trace("got %s for %s, expires in %s (request id %s)", fingerprint(tok.AccessToken), tok.Username, left.Round(time.Second), orNone(tok.RequestID))
+	if left < s.margin {
+		return nil, errTooShort{left: left, margin: s.margin, requestID: tok.RequestID}
+	}
+	return tok, nil
 }
 
 type errTooShort struct {

@@ -231,7 +231,9 @@ func (c *Config) validate() []string {
 		u, err := url.Parse(l)
 		switch {
 		case l == "systemd:":
-			// socket activation: the .socket unit names the addresses
+			// socket activation: the .socket unit names the addresses, TCP
+			// ones among them (TLS then applies to those)
+			hasTCP = true
 		case err != nil:
 			add("listen: %q is not a URL", l)
 		case u.Scheme == "unix":

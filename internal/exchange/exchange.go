@@ -167,7 +167,7 @@ type Issued struct {
 // minted. Errors are *Error values carrying the RFC 6749 code.
 func (s *Service) Exchange(ctx context.Context, req Request) (*Issued, error) {
 	start := s.cfg.Now()
-	ev := auditEvent{RequestID: req.RequestID, Resource: req.Resource, Scopes: req.Scopes, Peer: req.Peer}
+	ev := auditEvent{RequestID: req.RequestID, Resource: redactResource(req.Resource), Scopes: req.Scopes, Peer: req.Peer}
 	iss, err := s.exchange(ctx, req, &ev)
 	ev.Duration = s.cfg.Now().Sub(start)
 	outcome := "granted"
@@ -233,11 +233,11 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 		mreq.AccessLevel = 30 // developer; GitLab's own default would be maintainer
 	}
 	key := cacheKey(tok, kind, owner, scopes)
-	if iss, ok := s.fromCache(key); ok {
+	if iss, ok := s.fromCache(ctx, key); ok {
 		return iss, nil
 	}
 	v, err, _ := s.flight.Do(key, func() (any, error) {
-		if iss, ok := s.fromCache(key); ok {
+		if iss, ok := s.fromCache(ctx, key); ok {
 			return iss, nil
 		}
 		return s.mint(ctx, key, mreq, req, tok, dec.Rule)
@@ -396,15 +396,23 @@ func (s *Service) gitlabError(owner string, err error) error {
 	return internalError(err)
 }
 
-func (s *Service) fromCache(key string) (*Issued, bool) {
+// fromCache returns the credential cached for key while it has more than
+// CacheMargin to live and the ledger still holds it Active: another replica
+// may have revoked it (RFC 7009, or its reaper). When the ledger cannot be
+// read, the cached credential is served: GitLab still accepts it.
+func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	c, ok := s.cache[key]
+	if ok && c.cred.ExpiresAt.Sub(s.cfg.Now()) <= s.cfg.CacheMargin {
+		s.forgetLocked(key)
+		ok = false
+	}
+	s.mu.Unlock()
 	if !ok {
 		return nil, false
 	}
-	if c.cred.ExpiresAt.Sub(s.cfg.Now()) <= s.cfg.CacheMargin {
-		s.forgetLocked(key)
+	if rec, err := s.store.Get(ctx, c.ledgerID); err == nil && rec.State != ledger.Active {
+		s.forgetLedgerID(c.ledgerID)
 		return nil, false
 	}
 	return &Issued{AccessToken: c.cred.Secret, Username: c.cred.Username, ExpiresAt: c.cred.ExpiresAt,

@@ -218,6 +218,7 @@ func TestExchangeDecisions(t *testing.T) {
 		{name: "encoded path", token: "job-token", resource: "https://gitlab.example.com/platform%2Flib", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 		{name: "credentials in URL", token: "job-token", resource: "https://u:p@gitlab.example.com/platform/lib", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 		{name: "no project", token: "job-token", resource: "https://gitlab.example.com/platform", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
+		{name: "no resource", token: "job-token", resource: "", scopes: []string{"read_repository"}, wantCode: CodeInvalidRequest},
 		{name: "relative", token: "job-token", resource: "platform/lib", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 		{name: "path GitLab only redirects", token: "job-token", resource: "https://gitlab.example.com/platform/libs/moved", scopes: []string{"read_repository"}, wantCode: CodeInvalidTarget},
 	}
@@ -258,6 +259,25 @@ func TestExchangeDecisions(t *testing.T) {
 	}
 }
 
+func TestAuditNeverShowsSecretsOfRefusedResources(t *testing.T) {
+	f := newFixture(t)
+	var logs strings.Builder
+	f.svc.cfg.Audit = slog.New(slog.NewJSONHandler(&logs, nil))
+	for _, res := range []string{
+		"https://oauth2:glpat-leak1@gitlab.example.com/platform/lib.git",
+		"https://gitlab.example.com/platform/lib.git?private_token=glpat-leak2",
+		"glpat-leak3",
+		"https://gitlab.example.com/platform/lib.git#glpat-leak4",
+	} {
+		if _, err := f.exchange("job-token", res, "read_repository"); err == nil {
+			t.Fatalf("%s was accepted", res)
+		}
+	}
+	if strings.Contains(logs.String(), "leak") {
+		t.Fatalf("audit log shows a secret from a refused resource:\n%s", logs.String())
+	}
+}
+
 func TestExchangeCachesOneCredentialPerRequest(t *testing.T) {
 	f := newFixture(t)
 	f.minter.block = make(chan struct{})
@@ -293,13 +313,25 @@ func TestExchangeCachesOneCredentialPerRequest(t *testing.T) {
 	if n := f.minter.mints.Load(); n != 2 {
 		t.Fatalf("mints = %d, want 2", n)
 	}
+	// Revoked elsewhere (another replica, sharing the ledger): not handed out again.
+	first, _ := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+	if err := f.store.MarkRevoked(context.Background(), first.LedgerID, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+	if err != nil || again.AccessToken == first.AccessToken {
+		t.Fatalf("a credential revoked in the ledger came from the cache: %v", err)
+	}
+	if n := f.minter.mints.Load(); n != 3 {
+		t.Fatalf("mints = %d, want 3", n)
+	}
 	// Near its end, the cached credential is not handed out again.
 	f.clock.Add(59 * time.Minute)
 	if _, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository"); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.minter.mints.Load(); n != 3 {
-		t.Fatalf("mints = %d, want 3 (a fresh credential near the old one's end)", n)
+	if n := f.minter.mints.Load(); n != 4 {
+		t.Fatalf("mints = %d, want 4 (a fresh credential near the old one's end)", n)
 	}
 }
 

@@ -27,14 +27,14 @@ func (s *Service) parseResource(raw string) (target, error) {
 		return target{}, &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf(format, args...)}
 	}
 	if raw == "" {
-		return bad("resource is required: the URL of the repository, e.g. %s/group/project.git", s.gitlab)
+		return target{}, &Error{Code: CodeInvalidRequest, Description: fmt.Sprintf("resource is required: the URL of the repository, e.g. %s/group/project.git", s.gitlab)}
 	}
 	if len(raw) > maxPathLen+256 {
 		return bad("resource is too long")
 	}
 	u, err := url.Parse(raw)
 	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return bad("resource %q is not an absolute URL", truncate(raw, 200))
+		return bad("resource is not an absolute URL (e.g. %s/group/project.git)", s.gitlab)
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
 		return bad("resource must not carry credentials, a query or a fragment")
@@ -112,4 +112,16 @@ func validPathSegment(seg string) bool {
 		}
 	}
 	return true
+}
+
+// redactResource is the resource as the audit log may show it: a refused
+// request can carry anything, even a secret in userinfo or the query, so
+// only scheme, host and path are kept.
+func redactResource(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || !u.IsAbs() || u.Opaque != "" {
+		return "(not an absolute URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return truncate(u.String(), 300)
 }

@@ -117,8 +117,11 @@ func (a *api) ready(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		if err := a.Ready(ctx); err != nil {
+			// The reason goes to the log: a store's error can name its host,
+			// user and database, which is not for any caller to read.
+			a.Logger.Warn("not ready", "error", err.Error())
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready:", err)
+			fmt.Fprintln(w, "not ready; the daemon's log says why")
 			return
 		}
 	}
@@ -137,11 +140,8 @@ type tokenResponse struct {
 func (a *api) token(w http.ResponseWriter, r *http.Request) {
 	noStore(w)
 	peer := peerOf(r)
-	if a.Limiter != nil {
-		if ok, after := a.Limiter.Allow(peer); !ok {
-			writeError(w, r, a.Logger, &exchange.Error{Code: exchange.CodeRateLimited, Description: "too many requests from this client; slow down", RetryAfter: after})
-			return
-		}
+	if !a.admit(w, r) {
+		return
 	}
 	form, err := readForm(w, r)
 	if err != nil {
@@ -208,6 +208,9 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 	noStore(w)
+	if !a.admit(w, r) {
+		return
+	}
 	form, err := readForm(w, r)
 	if err != nil {
 		writeError(w, r, a.Logger, err)
@@ -227,6 +230,18 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// admit applies the per-client rate limit; a refused request has its 429.
+func (a *api) admit(w http.ResponseWriter, r *http.Request) bool {
+	if a.Limiter == nil {
+		return true
+	}
+	if ok, after := a.Limiter.Allow(peerOf(r)); !ok {
+		writeError(w, r, a.Logger, &exchange.Error{Code: exchange.CodeRateLimited, Description: "too many requests from this client; slow down", RetryAfter: after})
+		return false
+	}
+	return true
 }
 
 // readForm reads an application/x-www-form-urlencoded body the way RFC 6749
