@@ -377,34 +377,9 @@ func (s *Server) handleCreateDeployToken(w http.ResponseWriter, r *http.Request,
 	if !ok {
 		return
 	}
-	in, err := readInput(r)
-	if err != nil {
-		writeGrapeError(w, err.Error())
+	in, name, scopes, ok := readNameAndScopes(w, r, deployTokenScopes)
+	if !ok {
 		return
-	}
-	// Grape parameter validation.
-	var missing []string
-	name, hasName := in.str("name")
-	if !hasName {
-		missing = append(missing, "name is missing")
-	}
-	scopes, hasScopes, scopesOK := in.list("scopes")
-	if !hasScopes {
-		missing = append(missing, "scopes is missing")
-	}
-	if len(missing) > 0 {
-		writeGrapeError(w, strings.Join(missing, ", "))
-		return
-	}
-	if !scopesOK {
-		writeGrapeError(w, "scopes is invalid")
-		return
-	}
-	for _, sc := range scopes {
-		if !slices.Contains(deployTokenScopes, sc) {
-			writeGrapeError(w, "scopes does not have a valid value")
-			return
-		}
 	}
 	var expiresAt *time.Time
 	if v, ok := in.str("expires_at"); ok && v != "" {
@@ -707,33 +682,9 @@ func (s *Server) handleCreateAccessToken(w http.ResponseWriter, r *http.Request,
 	if c == nil {
 		return
 	}
-	in, err := readInput(r)
-	if err != nil {
-		writeGrapeError(w, err.Error())
+	in, name, scopes, ok := readNameAndScopes(w, r, resourceBotScopes)
+	if !ok {
 		return
-	}
-	var missing []string
-	name, hasName := in.str("name")
-	if !hasName {
-		missing = append(missing, "name is missing")
-	}
-	scopes, hasScopes, scopesOK := in.list("scopes")
-	if !hasScopes {
-		missing = append(missing, "scopes is missing")
-	}
-	if len(missing) > 0 {
-		writeGrapeError(w, strings.Join(missing, ", "))
-		return
-	}
-	if !scopesOK {
-		writeGrapeError(w, "scopes is invalid")
-		return
-	}
-	for _, sc := range scopes {
-		if !slices.Contains(resourceBotScopes, sc) {
-			writeGrapeError(w, "scopes does not have a valid value")
-			return
-		}
 	}
 	level := Maintainer
 	if v, ok := in.str("access_level"); ok {
@@ -1018,4 +969,40 @@ func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request, _ params)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"version": StandinVersion, "revision": "standin", "kas": map[string]any{"enabled": false, "externalUrl": nil, "version": nil}, "enterprise": true})
+}
+
+// readNameAndScopes reads a token create's body and validates its two
+// required parameters as Grape does (both missing ones named in one
+// message, then the scope values against allowed). On failure it has
+// answered 400 and reports false.
+func readNameAndScopes(w http.ResponseWriter, r *http.Request, allowed []string) (in input, name string, scopes []string, ok bool) {
+	in, err := readInput(r)
+	if err != nil {
+		writeGrapeError(w, err.Error())
+		return in, "", nil, false
+	}
+	var missing []string
+	name, hasName := in.str("name")
+	if !hasName {
+		missing = append(missing, "name is missing")
+	}
+	scopes, hasScopes, scopesOK := in.list("scopes")
+	if !hasScopes {
+		missing = append(missing, "scopes is missing")
+	}
+	if len(missing) > 0 {
+		writeGrapeError(w, strings.Join(missing, ", "))
+		return in, "", nil, false
+	}
+	if !scopesOK {
+		writeGrapeError(w, "scopes is invalid")
+		return in, "", nil, false
+	}
+	for _, sc := range scopes {
+		if !slices.Contains(allowed, sc) {
+			writeGrapeError(w, "scopes does not have a valid value")
+			return in, "", nil, false
+		}
+	}
+	return in, name, scopes, true
 }
