@@ -768,19 +768,9 @@ func (s *Server) handleRotateAccessToken(w http.ResponseWriter, r *http.Request,
 	if c == nil {
 		return
 	}
-	in, err := readInput(r)
-	if err != nil {
-		writeGrapeError(w, err.Error())
+	expiresAt, ok := readRotateExpiry(w, r)
+	if !ok {
 		return
-	}
-	var expiresAt *time.Time
-	if v, ok := in.str("expires_at"); ok && v != "" {
-		t, ok := parseDate(v)
-		if !ok {
-			writeGrapeError(w, "expires_at is invalid")
-			return
-		}
-		expiresAt = &t
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -881,19 +871,9 @@ func (s *Server) handlePATSelfRotate(w http.ResponseWriter, r *http.Request, _ p
 	if c == nil {
 		return
 	}
-	in, err := readInput(r)
-	if err != nil {
-		writeGrapeError(w, err.Error())
+	expiresAt, ok := readRotateExpiry(w, r)
+	if !ok {
 		return
-	}
-	var expiresAt *time.Time
-	if v, ok := in.str("expires_at"); ok && v != "" {
-		t, ok := parseDate(v)
-		if !ok {
-			writeGrapeError(w, "expires_at is invalid")
-			return
-		}
-		expiresAt = &t
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1005,4 +985,24 @@ func readNameAndScopes(w http.ResponseWriter, r *http.Request, allowed []string)
 		}
 	}
 	return in, name, scopes, true
+}
+
+// readRotateExpiry reads a rotate's optional expires_at (a date); on a bad
+// one it has answered 400 and reports false.
+func readRotateExpiry(w http.ResponseWriter, r *http.Request) (*time.Time, bool) {
+	in, err := readInput(r)
+	if err != nil {
+		writeGrapeError(w, err.Error())
+		return nil, false
+	}
+	v, ok := in.str("expires_at")
+	if !ok || v == "" {
+		return nil, true
+	}
+	t, ok := parseDate(v)
+	if !ok {
+		writeGrapeError(w, "expires_at is invalid")
+		return nil, false
+	}
+	return &t, true
 }
