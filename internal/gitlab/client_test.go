@@ -114,12 +114,12 @@ func TestAccessTokenExpiryDate(t *testing.T) {
 		exp  time.Time
 		want string
 	}{
-		{"mid-day", time.Date(2026, 11, 27, 13, 5, 0, 0, time.UTC), "2026-11-28"},
-		{"one second before midnight", time.Date(2026, 11, 27, 23, 59, 59, 0, time.UTC), "2026-11-28"},
-		{"exactly midnight is not strictly after", time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC), "2026-11-29"},
-		{"just after midnight", time.Date(2026, 11, 28, 0, 0, 0, 1, time.UTC), "2026-11-29"},
-		{"other zone converted to UTC", time.Date(2026, 11, 28, 0, 30, 0, 0, time.FixedZone("CET", 3600)), "2026-11-28"},
-		{"year end", time.Date(2026, 12, 31, 22, 0, 0, 0, time.UTC), "2027-01-01"},
+		{"mid-day", time.Date(2026, 11, 27, 13, 5, 0, 0, time.UTC), "2026-11-29"},
+		{"one second before midnight", time.Date(2026, 11, 27, 23, 59, 59, 0, time.UTC), "2026-11-29"},
+		{"exactly midnight", time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC), "2026-11-30"},
+		{"just after midnight", time.Date(2026, 11, 28, 0, 0, 0, 1, time.UTC), "2026-11-30"},
+		{"other zone converted to UTC", time.Date(2026, 11, 28, 0, 30, 0, 0, time.FixedZone("CET", 3600)), "2026-11-29"},
+		{"year end", time.Date(2026, 12, 31, 22, 0, 0, 0, time.UTC), "2027-01-02"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -129,6 +129,10 @@ func TestAccessTokenExpiryDate(t *testing.T) {
 			}
 			if !got.After(tt.exp) || got.Location() != time.UTC {
 				t.Fatalf("date %s is not a UTC midnight strictly after %s", got, tt.exp)
+			}
+			// Midnight of that date in the easternmost zone (UTC+14) is still after exp.
+			if kiritimati := got.Add(-14 * time.Hour); !kiritimati.After(tt.exp) {
+				t.Fatalf("date %s begins at %s in UTC+14, before %s", got.Format(time.DateOnly), kiritimati, tt.exp)
 			}
 		})
 	}
@@ -267,8 +271,8 @@ func TestMintAccessTokens(t *testing.T) {
 					tok = x
 				}
 			}
-			if tok.ExpiresAt != "2026-11-28" {
-				t.Errorf("expires_at sent = %q, want 2026-11-28", tok.ExpiresAt)
+			if tok.ExpiresAt != "2026-11-29" { // see TestAccessTokenExpiryDate
+				t.Errorf("expires_at sent = %q, want 2026-11-29", tok.ExpiresAt)
 			}
 			if tok.AccessLevel != 30 {
 				t.Errorf("access_level = %d, want 30", tok.AccessLevel)

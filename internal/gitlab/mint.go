@@ -32,13 +32,15 @@ const (
 const maxListPages = 200
 
 // AccessTokenExpiryDate is the expires_at date sent for a project or group
-// access token that must stop working at exp: GitLab makes such a token invalid
-// from 00:00 UTC of its expires_at date, so this is the first UTC date whose
-// midnight is strictly after exp. The ledger revokes at exp; the date is the
-// backstop.
+// access token that must stop working at exp. GitLab makes such a token
+// invalid from the start of its expires_at date in the server's time zone
+// (UTC on gitlab.com; GitLab MR 93504), which may be up to 14 hours ahead of
+// UTC, so this is the day after the first UTC date whose midnight is strictly
+// after exp: never before exp anywhere, at most about two days after it. The
+// ledger revokes at exp; the date is only the backstop.
 func AccessTokenExpiryDate(exp time.Time) time.Time {
 	u := exp.UTC()
-	return time.Date(u.Year(), u.Month(), u.Day(), 0, 0, 0, 0, time.UTC).AddDate(0, 0, 1)
+	return time.Date(u.Year(), u.Month(), u.Day(), 0, 0, 0, 0, time.UTC).AddDate(0, 0, 2)
 }
 
 // validAccessLevels are GitLab's roles an access token may get.
