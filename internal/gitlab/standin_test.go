@@ -54,16 +54,6 @@ func (st standin) count(method, prefix string) int {
 	return n
 }
 
-// answers reports whether the stand-in served (not 501) a request under prefix.
-func (st standin) answers(method, prefix string) bool {
-	for _, r := range st.s.Requests() {
-		if r.Method == method && strings.HasPrefix(r.Path, prefix) && r.Status != http.StatusNotImplemented {
-			return true
-		}
-	}
-	return false
-}
-
 func (st standin) liveTokens(name string) int {
 	n := 0
 	for _, tok := range st.s.Tokens() {
