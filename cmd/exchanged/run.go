@@ -383,7 +383,8 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) int {
 	audit := log.With("log", "audit")
 	svc, err := exchange.New(exchange.Config{
 		GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D(),
-		Logger: log, Audit: audit, Observer: m,
+		SharedStore: cfg.Store.Driver == "postgres",
+		Logger:      log, Audit: audit, Observer: m,
 	}, verifier, pols.p.Load, minter, store)
 	if err != nil {
 		return fail("exchange", err)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"net/url"
 
 	"crypto/ecdsa"
@@ -13,6 +14,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"github.com/jackc/pgx/v5"
+
+	"gltoken.dev/gltoken/internal/gitlabfake"
 	"math/big"
 	"net"
 	"os"
@@ -48,23 +51,43 @@ func TestCentralModeTLSAndPostgres(t *testing.T) {
 	if n := len(w.liveMinted()); n != 2 {
 		t.Fatalf("live = %d, want 2", n)
 	}
+	shortLived := map[string]bool{}
+	for _, tok := range w.liveMinted() {
+		shortLived[tok.Name] = true
+	}
 	// Without the CA the helper does not trust the daemon, and says so.
 	g := w.git(t, replicas[1], w.job("main", true))
-	if out, err := g.run("", "clone", w.gl.URL()+"/platform/lib.git"); err == nil || !strings.Contains(out, "certificate") {
+	out, err := g.run("", "clone", w.gl.URL()+"/platform/lib.git")
+	if err == nil || !strings.Contains(out, "certificate") {
 		t.Fatalf("clone through an untrusted daemon: err=%v\n%s", err, out)
 	}
-	// Replica 0 dies; replica 1's reaper revokes both credentials at their TTL.
+	// A credential revoked through one replica is not handed out again from
+	// the other's cache.
+	job := w.job("main", true)
+	first := tokenOf(t, replicas[0], job, w.gl.URL()+"/platform/lib.git")
+	if again := tokenOf(t, replicas[0], job, w.gl.URL()+"/platform/lib.git"); again != first {
+		t.Fatal("the same request got a second credential")
+	}
+	resp, err := replicas[1].httpClient().PostForm(replicas[1].base()+"/v1/revoke", url.Values{"token": {first}})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("revoke through replica 1: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if again := tokenOf(t, replicas[0], job, w.gl.URL()+"/platform/lib.git"); again == first {
+		t.Fatal("replica 0 handed out a credential revoked through replica 1")
+	}
+	// Replica 0 dies; replica 1's reaper revokes the short-lived credentials at their TTL.
 	replicas[0].kill()
 	deadline := time.Now().Add(12*time.Second + time.Second + 10*time.Second)
-	for len(w.liveMinted()) != 0 {
+	for countNamed(w.liveMinted(), shortLived) != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d credentials outlived their TTL with one replica left:\n%s", len(w.liveMinted()), replicas[1].logs.String())
+			t.Fatalf("credentials outlived their TTL with one replica left:\n%s", replicas[1].logs.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	// The helper refuses to send the ID token over plain http off loopback.
 	gp := w.git(t, replicas[1], w.job("main", true), "GLTOKEN_DAEMON=http://gltoken.example.com:8638")
-	out, err := gp.run("", "clone", w.gl.URL()+"/platform/lib.git")
+	out, err = gp.run("", "clone", w.gl.URL()+"/platform/lib.git")
 	if err == nil || !strings.Contains(out, "plain http") {
 		t.Fatalf("plain-http daemon: err=%v\n%s", err, out)
 	}
@@ -156,4 +179,30 @@ func freshDatabase(t *testing.T, dsn string) string {
 	}
 	u.Path = "/" + name
 	return u.String()
+}
+
+// tokenOf exchanges through d and returns the credential's secret.
+func tokenOf(t *testing.T, d *daemon, idToken, resource string) string {
+	t.Helper()
+	resp, body := d.exchange(idToken, resource, "read_repository")
+	if resp.StatusCode != 200 {
+		t.Fatalf("exchange: %d %s", resp.StatusCode, body)
+	}
+	var tr struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || tr.AccessToken == "" {
+		t.Fatalf("exchange answer: %v", err)
+	}
+	return tr.AccessToken
+}
+
+func countNamed(toks []gitlabfake.TokenState, names map[string]bool) int {
+	n := 0
+	for _, tok := range toks {
+		if names[tok.Name] {
+			n++
+		}
+	}
+	return n
 }

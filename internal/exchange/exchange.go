@@ -58,6 +58,11 @@ type Config struct {
 	// CacheMargin: a cached credential is handed out again only while it has
 	// more than this left (default 2m).
 	CacheMargin time.Duration
+	// SharedStore: other daemons use the same ledger (PostgreSQL replicas),
+	// so a cached credential may have been revoked elsewhere and the ledger
+	// is read on every cache hit. With a store of its own, this process sees
+	// every revocation itself.
+	SharedStore bool
 	Now         func() time.Time
 	Logger      *slog.Logger // operational log
 	Audit       *slog.Logger // one event per exchange and per revocation
@@ -397,9 +402,10 @@ func (s *Service) gitlabError(owner string, err error) error {
 }
 
 // fromCache returns the credential cached for key while it has more than
-// CacheMargin to live and the ledger still holds it Active: another replica
-// may have revoked it (RFC 7009, or its reaper). When the ledger cannot be
-// read, the cached credential is served: GitLab still accepts it.
+// CacheMargin to live and, on a shared store, the ledger still holds it
+// Active: another replica may have revoked it (RFC 7009, or its reaper).
+// When the ledger cannot be read, the cached credential is served: GitLab
+// still accepts it.
 func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 	s.mu.Lock()
 	c, ok := s.cache[key]
@@ -411,9 +417,11 @@ func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 	if !ok {
 		return nil, false
 	}
-	if rec, err := s.store.Get(ctx, c.ledgerID); err == nil && rec.State != ledger.Active {
-		s.forgetLedgerID(c.ledgerID)
-		return nil, false
+	if s.cfg.SharedStore {
+		if rec, err := s.store.Get(ctx, c.ledgerID); err == nil && rec.State != ledger.Active {
+			s.forgetLedgerID(c.ledgerID)
+			return nil, false
+		}
 	}
 	return &Issued{AccessToken: c.cred.Secret, Username: c.cred.Username, ExpiresAt: c.cred.ExpiresAt,
 		Scopes: c.scopes, Kind: c.cred.Kind, LedgerID: c.ledgerID, Cached: true}, true

@@ -314,6 +314,7 @@ func TestExchangeCachesOneCredentialPerRequest(t *testing.T) {
 		t.Fatalf("mints = %d, want 2", n)
 	}
 	// Revoked elsewhere (another replica, sharing the ledger): not handed out again.
+	f.svc.cfg.SharedStore = true
 	first, _ := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
 	if err := f.store.MarkRevoked(context.Background(), first.LedgerID, f.clock.Now()); err != nil {
 		t.Fatal(err)
