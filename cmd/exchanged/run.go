@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -186,7 +184,7 @@ func explain(cfgPath, claimsPath, resource, scope string, stdin io.Reader, stdou
 		fmt.Fprintf(stderr, "exchanged explain: claims: %v\n", err)
 		return 1
 	}
-	claims, err := claimStrings(raw)
+	claims, err := idtoken.ParseClaims(raw)
 	if err != nil {
 		fmt.Fprintf(stderr, "exchanged explain: claims %s: %v\n", claimsPath, err)
 		return 1
@@ -203,30 +201,6 @@ func explain(cfgPath, claimsPath, resource, scope string, stdin io.Reader, stdou
 		return 1
 	}
 	return 0
-}
-
-// claimStrings turns a JSON object of claims into the string form the policy
-// matches on, as the verifier does: strings as they are, numbers in decimal,
-// booleans as "true"/"false"; arrays and objects are left out.
-func claimStrings(raw []byte) (map[string]string, error) {
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("not a JSON object: %w", err)
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		switch x := v.(type) {
-		case string:
-			out[k] = x
-		case json.Number:
-			out[k] = x.String()
-		case bool:
-			out[k] = strconv.FormatBool(x)
-		}
-	}
-	return out, nil
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

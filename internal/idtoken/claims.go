@@ -416,3 +416,15 @@ func (c *claimSet) token(kid string) *Token {
 		KeyID:      kid,
 	}
 }
+
+// ParseClaims decodes a token payload (a JSON object of claims) exactly as
+// Verify does, without checking a signature or any time: the string form of
+// every claim the policy can match, or ErrMalformed for a claim of the wrong
+// type. `exchanged explain` uses it so its decision is the daemon's.
+func ParseClaims(payload []byte) (map[string]string, error) {
+	var c claimSet
+	if err := c.UnmarshalJSON(payload); err != nil {
+		return nil, err
+	}
+	return c.claims, nil
+}

@@ -468,3 +468,21 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+func TestParseClaimsMatchesVerify(t *testing.T) {
+	c, err := ParseClaims([]byte(`{"project_path":"platform/app","runner_id":12,"ref_protected":"true","user_login":null}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c["project_path"] != "platform/app" || c["runner_id"] != "12" || c["ref_protected"] != "true" {
+		t.Fatalf("claims = %v", c)
+	}
+	if _, ok := c["user_login"]; ok {
+		t.Fatal("a null claim was kept")
+	}
+	for _, bad := range []string{`{"ref_protected":true}`, `{"project_id":7}`, `{"runner_id":"12"}`, `[]`} {
+		if _, err := ParseClaims([]byte(bad)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: err = %v, want ErrMalformed", bad, err)
+		}
+	}
+}
