@@ -1,0 +1,58 @@
+package main
+
+const usage = `NAME
+    exchanged - trade GitLab CI/CD ID tokens for short-lived GitLab credentials
+
+SYNOPSIS
+    exchanged [serve] --config FILE
+    exchanged check   --config FILE
+    exchanged explain --config FILE --claims CLAIMS.json --resource URL --scope SCOPE[,SCOPE]
+    exchanged version
+
+DESCRIPTION
+    exchanged verifies a GitLab CI/CD ID token (a JWT GitLab signs for each job)
+    against the instance's JWKS, checks the trust policy, and mints the
+    least-privileged GitLab credential that covers the request: a project or
+    group deploy token for reads and registry access, a project access token
+    only for push or API access. Every credential is written to a durable
+    ledger before it is minted and revoked when its time is up, also after a
+    crash. Clients speak RFC 8693 token exchange on /v1/token and RFC 7009
+    revocation on /v1/revoke, over a Unix socket or TCP with TLS.
+
+COMMANDS
+    serve     Run the daemon (the default). SIGTERM or SIGINT stop it
+              gracefully; SIGHUP reloads the policy file, keeping the policy
+              in force when the new one is invalid (the log says why), and
+              fetches GitLab's JWKS again (keys GitLab dropped stop working).
+    check     Validate the configuration and the policy, naming every
+              problem with its file, line and rule. Exit 0 when valid.
+    explain   Print the policy's decision for the claims of an ID token (a
+              JSON object, e.g. the decoded payload of a job's token), a
+              resource URL and scopes: which rule matched, or for each rule
+              the first check that failed. Offline: it mints nothing and
+              needs neither GitLab nor the ledger.
+    version   Print the version.
+
+OPTIONS
+    --config FILE      The YAML configuration (see contrib/exchanged.yaml).
+    --claims FILE      explain: the ID token's claims as JSON ("-" for stdin).
+    --resource URL     explain: e.g. https://gitlab.example.com/platform/lib.git
+    --scope SCOPES     explain: comma- or space-separated, e.g. read_repository
+    -h, --help         This text.
+
+FILES
+    /etc/gltoken/exchanged.yaml    configuration
+    /etc/gltoken/policy.yaml       trust policy (policy_file)
+    /etc/gltoken/gitlab-token      service account token (gitlab.token_file, mode 0600)
+    /run/gltoken/exchanged.sock    default Unix socket
+    /var/lib/gltoken/state.db      default embedded ledger
+
+EXIT STATUS
+    0 success (explain: allowed); 1 invalid configuration, failure, or (explain)
+    denied; 2 usage error.
+
+EXAMPLES
+    exchanged check --config /etc/gltoken/exchanged.yaml
+    exchanged explain --config /etc/gltoken/exchanged.yaml --claims job.json \
+        --resource https://gitlab.example.com/platform/lib.git --scope read_repository
+`

@@ -1,0 +1,211 @@
+// Package daemon assembles exchanged from its configuration: Build opens
+// everything serving needs (policy, verifier, ledger, GitLab client, HTTP
+// API) and Run serves until the context ends. Check and Explain are the
+// offline commands. cmd/exchanged only parses the command line and calls these.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"gltoken.dev/gltoken/internal/config"
+	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/gitlab"
+	"gltoken.dev/gltoken/internal/httpapi"
+	"gltoken.dev/gltoken/internal/idtoken"
+	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/metrics"
+	"gltoken.dev/gltoken/internal/policy"
+	"gltoken.dev/gltoken/internal/postgres"
+	"gltoken.dev/gltoken/internal/sqlite"
+)
+
+// Daemon is an assembled exchanged, ready to Run.
+type Daemon struct {
+	cfg      *config.Config
+	version  string
+	log      *slog.Logger
+	policy   *policy.Holder
+	verifier *idtoken.Verifier
+	store    ledger.Store
+	reaper   *exchange.Reaper
+	srv      *httpapi.Server
+	cancel   context.CancelFunc
+	ctx      context.Context
+}
+
+// NewLogger returns the daemon's JSON logger at level (debug|info|warn|error).
+func NewLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// OpenStore opens the ledger the configuration names.
+func OpenStore(ctx context.Context, cfg *config.Config) (ledger.Store, error) {
+	switch cfg.Store.Driver {
+	case "postgres":
+		return postgres.Open(ctx, cfg.Store.DSN)
+	default:
+		return sqlite.Open(ctx, cfg.Store.DSN)
+	}
+}
+
+// Build opens everything the daemon serves with, in order, and reconciles
+// what an earlier run of an embedded ledger left pending. The context bounds
+// the daemon's background work until Run returns. On error everything opened
+// so far is closed; the error names the step that failed.
+func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Logger) (d *Daemon, err error) {
+	d = &Daemon{cfg: cfg, version: version, log: log}
+	d.ctx, d.cancel = context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	step := func(name string, err error) error { return fmt.Errorf("%s: %w", name, err) }
+
+	if d.policy, err = policy.NewHolder(cfg.PolicyFile, policy.Options{GitLabURL: cfg.GitLab.URL}); err != nil {
+		return nil, step("policy", err)
+	}
+	token, err := cfg.ReadToken()
+	if err != nil {
+		return nil, step("service account token", err)
+	}
+	hc, err := gitlab.NewHTTPClient(cfg.GitLab.CAFile)
+	if err != nil {
+		return nil, step("gitlab.ca_file", err)
+	}
+	d.verifier, err = idtoken.New(d.ctx, idtoken.Config{
+		Issuer: cfg.GitLab.Issuer, JWKSURL: cfg.GitLab.URL + "/oauth/discovery/keys", Audience: cfg.Audience, Algorithms: cfg.IDToken.Algorithms,
+		Leeway: cfg.IDToken.Leeway.D(), HTTPClient: hc, Logger: log,
+	})
+	if err != nil {
+		return nil, step("id token verifier", err)
+	}
+	if d.store, err = OpenStore(d.ctx, cfg); err != nil {
+		return nil, step("ledger", err)
+	}
+	m := metrics.New(metrics.Sources{
+		LiveTokens:    d.store.CountActive,
+		JWKSRefreshes: d.verifier.Refreshes,
+		PolicyRules:   func() int { return len(d.policy.Current().Rules()) },
+		PolicyReloads: d.policy.Reloads,
+	})
+	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, Token: token, HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse})
+	if err != nil {
+		return nil, step("gitlab client", err)
+	}
+	audit := log.With("log", "audit")
+	svc, err := exchange.New(exchange.Config{
+		GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D(),
+		SharedStore: cfg.Store.Driver == "postgres",
+		Logger:      log, Audit: audit, Observer: m,
+	}, d.verifier, d.policy.Current, minter, d.store)
+	if err != nil {
+		return nil, step("exchange", err)
+	}
+	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, svc)
+	if cfg.Store.Driver == "sqlite" {
+		// The embedded ledger belongs to this process alone: every pending
+		// intent in it was left by a process that died mid-mint.
+		n, err := d.reaper.ReconcilePending(d.ctx)
+		if err != nil {
+			return nil, step("reconcile pending intents", err)
+		}
+		if n > 0 {
+			log.Info("reconciled intents left by an earlier run", "count", n)
+		}
+	}
+
+	api := httpapi.Handler(httpapi.Options{
+		Service: svc,
+		Ready:   d.ready,
+		Metrics: m.Handler(),
+		Limiter: httpapi.NewClientLimiter(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst),
+		Logger:  log,
+	})
+	tlsFiles := &httpapi.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}
+	if d.srv, err = httpapi.Listen(cfg.Listen, tlsFiles, api, log); err != nil {
+		return nil, step("listen", err)
+	}
+	return d, nil
+}
+
+// ready is /readyz: the keys are loaded and the ledger answers.
+func (d *Daemon) ready(ctx context.Context) error {
+	if !d.verifier.Ready() {
+		return errors.New("GitLab's signing keys are not loaded yet")
+	}
+	if err := d.store.Ping(ctx); err != nil {
+		return fmt.Errorf("ledger unreachable: %w", err)
+	}
+	return nil
+}
+
+// Run serves until ctx ends (then drains for up to 20 s), runs the reaper,
+// and on SIGHUP reloads the policy and refreshes GitLab's keys. It closes
+// the daemon when it returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.close()
+	stop := context.AfterFunc(ctx, d.cancel)
+	defer stop()
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); d.reaper.Run(d.ctx) }()
+	go func() { defer wg.Done(); d.onHangup(d.ctx, hup) }()
+
+	addrs := make([]string, 0, len(d.cfg.Listen))
+	for _, a := range d.srv.Addrs() {
+		addrs = append(addrs, a.Network()+":"+a.String())
+	}
+	sort.Strings(addrs)
+	d.log.Info("exchanged serving", "version", d.version, "listen", addrs, "gitlab", d.cfg.GitLab.URL,
+		"store", d.cfg.Store.Driver, "rules", len(d.policy.Current().Rules()))
+	err := d.srv.Serve(d.ctx, 20*time.Second)
+	d.cancel()
+	wg.Wait()
+	return err
+}
+
+// onHangup reloads on each SIGHUP until ctx ends.
+func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if p, err := d.policy.Reload(); err != nil {
+				d.log.Error("policy reload refused; the policy in force stays", "file", d.policy.File(), "error", err.Error())
+			} else {
+				d.log.Info("policy reloaded", "file", d.policy.File(), "rules", len(p.Rules()))
+			}
+			// An emergency key rotation at GitLab: drop removed keys now.
+			if err := d.verifier.Refresh(ctx); err != nil {
+				d.log.Error("JWKS refresh on SIGHUP failed; the key set in force stays", "error", err.Error())
+			} else {
+				d.log.Info("JWKS refreshed")
+			}
+		}
+	}
+}
+
+func (d *Daemon) close() {
+	d.cancel()
+	if d.store != nil {
+		d.store.Close()
+	}
+}
