@@ -1,4 +1,4 @@
-package main
+package credhelper
 
 import (
 	"bytes"
@@ -118,7 +118,7 @@ func runWith(t testing.TB, args []string, env map[string]string, stdin string) r
 	t.Helper()
 	var out, errOut bytes.Buffer
 	getenv := func(k string) string { return env[k] }
-	code := run(context.Background(), args, getenv, strings.NewReader(stdin), &out, &errOut)
+	code := Run(context.Background(), "dev", args, getenv, strings.NewReader(stdin), &out, &errOut)
 	return result{code, out.String(), errOut.String()}
 }
 
@@ -609,7 +609,7 @@ func TestConfigure(t *testing.T) {
 // helper's name, it is the helper.
 func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == "git-credential-gltoken" {
-		os.Exit(run(context.Background(), os.Args, os.Getenv, os.Stdin, os.Stdout, os.Stderr))
+		os.Exit(Run(context.Background(), "dev", os.Args, os.Getenv, os.Stdin, os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
@@ -676,7 +676,7 @@ func BenchmarkGet(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if code := run(ctx, args, getenv, strings.NewReader(getInput), io.Discard, io.Discard); code != 0 {
+		if code := Run(ctx, "dev", args, getenv, strings.NewReader(getInput), io.Discard, io.Discard); code != 0 {
 			b.Fatalf("run = %d", code)
 		}
 	}

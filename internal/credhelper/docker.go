@@ -1,4 +1,4 @@
-package main
+package credhelper
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"gltoken.dev/gltoken/internal/dockercred"
 )
 
-func runDocker(ctx context.Context, name string, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runDocker(ctx context.Context, version, name string, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	versionLine := fmt.Sprintf("%s (%s) %s", name, modulePath, version)
 	if len(args) != 1 {
 		fmt.Fprintf(stdout, "Usage: %s <store|get|erase|list|version>\n", name)
@@ -32,6 +32,7 @@ func runDocker(ctx context.Context, name string, args []string, env func(string)
 			idTokenFile: env("GLTOKEN_ID_TOKEN_FILE"),
 			caFile:      env("GLTOKEN_CA_FILE"),
 			margin:      defaultMargin,
+			version:     version,
 			env:         env,
 			trace:       tracer(env, stderr),
 		},

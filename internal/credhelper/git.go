@@ -1,4 +1,4 @@
-package main
+package credhelper
 
 import (
 	"bytes"
@@ -16,11 +16,11 @@ import (
 	"gltoken.dev/gltoken/internal/gitcred"
 )
 
-func runGit(ctx context.Context, name string, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runGit(ctx context.Context, version, name string, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	s := &settings{env: env, trace: tracer(env, stderr)}
+	s := &settings{version: version, env: env, trace: tracer(env, stderr)}
 	fs.StringVar(&s.daemon, "daemon", envOr(env, "GLTOKEN_DAEMON", defaultDaemon), "")
 	fs.StringVar(&s.idTokenEnv, "id-token-env", defaultIDTokenEnv, "")
 	fs.StringVar(&s.idTokenFile, "id-token-file", env("GLTOKEN_ID_TOKEN_FILE"), "")

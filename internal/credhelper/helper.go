@@ -1,0 +1,249 @@
+// Package credhelper is git-credential-gltoken: a git credential helper that
+// answers git with a short-lived GitLab credential minted by the gltoken daemon
+// (exchanged) in exchange for the CI job's ID token. Called under a name
+// starting with docker-credential-, it is a docker credential helper for the
+// GitLab container registry instead. Run is the whole program; the command's
+// main only wires it to the process.
+package credhelper
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gltoken.dev/gltoken/internal/client"
+)
+
+const (
+	defaultDaemon     = "unix:///run/gltoken/exchanged.sock"
+	defaultIDTokenEnv = "GLTOKEN_ID_TOKEN"
+	defaultScope      = "read_repository"
+	defaultMargin     = 60 * time.Second
+	maxIDTokenFile    = 64 << 10
+	modulePath        = "gltoken.dev/gltoken"
+)
+
+// Run is the whole program; args[0] is argv[0], whose base name picks the
+// docker mode when it starts with "docker-credential-". version is the
+// program's version, for --version and the User-Agent.
+func Run(ctx context.Context, version string, args []string, env func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	argv0 := "git-credential-gltoken"
+	if len(args) > 0 {
+		argv0, args = args[0], args[1:]
+	}
+	name := filepath.Base(argv0)
+	if strings.HasPrefix(name, "docker-credential-") {
+		return runDocker(ctx, version, name, args, env, stdin, stdout, stderr)
+	}
+	return runGit(ctx, version, name, args, env, stdin, stdout, stderr)
+}
+
+// settings are what both modes need to reach the daemon.
+type settings struct {
+	daemon      string
+	idTokenEnv  string
+	idTokenFile string
+	caFile      string
+	margin      time.Duration
+	version     string
+	env         func(string) string
+	trace       func(format string, args ...any)
+}
+
+func (s *settings) client() (*client.Client, error) {
+	return client.New(s.daemon, client.Options{CAFile: s.caFile, UserAgent: "git-credential-gltoken/" + s.version})
+}
+
+// errNoIDToken is reported as one line naming the variable and id_tokens:.
+type errNoIDToken struct{ variable string }
+
+func (e errNoIDToken) Error() string {
+	return fmt.Sprintf("no ID token: %s is not set; declare it in the CI job with the id_tokens: keyword (id_tokens: {%s: {aud: <the daemon's audience>}}) or point --id-token-file (GLTOKEN_ID_TOKEN_FILE) at a file holding it", e.variable, e.variable)
+}
+
+// idToken returns the job's ID token from --id-token-file or the environment.
+func (s *settings) idToken() (string, error) {
+	if s.idTokenFile != "" {
+		f, err := os.Open(s.idTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("cannot read the ID token file: %w; check --id-token-file", err)
+		}
+		defer f.Close()
+		b, err := io.ReadAll(io.LimitReader(f, maxIDTokenFile+1))
+		if err != nil {
+			return "", fmt.Errorf("cannot read the ID token file %s: %w", s.idTokenFile, err)
+		}
+		if len(b) > maxIDTokenFile {
+			return "", fmt.Errorf("the ID token file %s is larger than %d bytes; it must hold only the ID token", s.idTokenFile, maxIDTokenFile)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("the ID token file %s is empty", s.idTokenFile)
+		}
+		s.trace("ID token from file %s (%s)", s.idTokenFile, fingerprint(tok))
+		return tok, nil
+	}
+	tok := strings.TrimSpace(s.env(s.idTokenEnv))
+	if tok == "" {
+		return "", errNoIDToken{s.idTokenEnv}
+	}
+	s.trace("ID token from $%s (%s)", s.idTokenEnv, fingerprint(tok))
+	return tok, nil
+}
+
+// exchange asks the daemon for a credential with at least margin of life
+// left. A shorter one is refused, not asked for again: the daemon's answer
+// is bounded by the rule's ttl and the ID token's life, which a second ask
+// does not change (it would only mint a second unusable token).
+func (s *settings) exchange(ctx context.Context, c *client.Client, idToken, resource string, scopes []string) (*client.Token, error) {
+	s.trace("POST %s/v1/token resource=%s scope=%q", c.Daemon(), resource, strings.Join(scopes, " "))
+	tok, err := c.Exchange(ctx, idToken, resource, scopes)
+	if err != nil {
+		return nil, err
+	}
+	left := time.Until(tok.ExpiresAt)
+	s.trace("got %s for %s, expires in %s (request id %s)", fingerprint(tok.AccessToken), tok.Username, left.Round(time.Second), orNone(tok.RequestID))
+	if left < s.margin {
+		return nil, errTooShort{left: left, margin: s.margin, requestID: tok.RequestID}
+	}
+	return tok, nil
+}
+
+type errTooShort struct {
+	left, margin time.Duration
+	requestID    string
+}
+
+func (e errTooShort) Error() string {
+	return fmt.Sprintf("the daemon's credential expires in %s, less than the %s safety margin (request id %s); the policy rule's ttl or the job's ID token (its timeout) is too short for it: lengthen one, or lower --margin",
+		e.left.Round(time.Second), e.margin, orNone(e.requestID))
+}
+
+// describe turns an error into "<what went wrong>; <what to do>" for one
+// line on stderr.
+func describe(err error) string {
+	var (
+		de *client.Error
+		te *client.TransportError
+	)
+	switch {
+	case errors.As(err, &de):
+		detail := de.Description
+		if detail == "" {
+			if de.Code != "" {
+				detail = de.Code
+			} else {
+				detail = fmt.Sprintf("HTTP %d", de.Status)
+			}
+		}
+		if de.RequestID != "" {
+			detail += " (request id " + de.RequestID + ")"
+		}
+		return detail + "; " + advice(de)
+	case errors.As(err, &te):
+		return te.Error()
+	case errors.Is(err, client.ErrInsecureDaemon):
+		return err.Error() + "; fix --daemon or GLTOKEN_DAEMON"
+	case errors.Is(err, client.ErrBadDaemon):
+		return err.Error() + "; fix --daemon or GLTOKEN_DAEMON"
+	case errors.Is(err, client.ErrBadResponse):
+		return err.Error() + "; git-credential-gltoken and exchanged may disagree on the API: update both, and see the daemon's log"
+	}
+	return err.Error()
+}
+
+func advice(e *client.Error) string {
+	switch {
+	case e.Code == "invalid_grant":
+		return "the job's ID token was refused: check that its aud (id_tokens: … aud:) is the daemon's audience and that the job has not outlived it"
+	case e.Code == "invalid_target":
+		return "the trust policy does not grant this job that resource: ask the gltoken administrator for a rule (exchanged explain shows which check failed)"
+	case e.Code == "invalid_scope":
+		return "ask only for scopes the policy allows (--scope or GLTOKEN_SCOPE)"
+	case e.Status == 429 || e.Code == "slow_down":
+		if e.RetryAfter > 0 {
+			return fmt.Sprintf("the daemon is rate limiting: retry in %s", e.RetryAfter)
+		}
+		return "the daemon is rate limiting: retry later"
+	case e.Code == "temporarily_unavailable" || e.Status == 503:
+		return "the daemon cannot reach GitLab right now: retry later"
+	case e.Code == "invalid_request" || e.Code == "unsupported_grant_type":
+		return "git-credential-gltoken and exchanged disagree on the protocol: update both"
+	case e.Status >= 300 && e.Status < 400:
+		return "the daemon URL redirects, which is never followed: fix --daemon or GLTOKEN_DAEMON"
+	}
+	return "see the daemon's log for this request id"
+}
+
+// fingerprint names a secret without revealing it.
+func fingerprint(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return "sha256:" + hex.EncodeToString(sum[:8])
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// oneLine keeps a message on one line.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+func failf(stderr io.Writer, format string, args ...any) int {
+	fmt.Fprintln(stderr, oneLine("gltoken: "+fmt.Sprintf(format, args...)))
+	return 1
+}
+
+func tracer(env func(string) string, stderr io.Writer) func(string, ...any) {
+	switch strings.ToLower(env("GLTOKEN_DEBUG")) {
+	case "1", "true", "yes":
+		return func(format string, args ...any) {
+			fmt.Fprintln(stderr, oneLine("gltoken: debug: "+fmt.Sprintf(format, args...)))
+		}
+	}
+	return func(string, ...any) {}
+}
+
+func envOr(env func(string) string, key, def string) string {
+	if v := env(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// parseScopes splits a comma- or space-separated list, dropping duplicates.
+func parseScopes(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+		for _, r := range f {
+			if (r < 'a' || r > 'z') && r != '_' {
+				return nil, fmt.Errorf("scope %q is not a GitLab scope name", f)
+			}
+		}
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no scope given")
+	}
+	return out, nil
+}
