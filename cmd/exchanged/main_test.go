@@ -81,6 +81,52 @@ func TestCheckNamesEveryProblem(t *testing.T) {
 	}
 }
 
+// TestCheckWarnsAndPasses: what is legal but probably not meant is printed,
+// and check still succeeds.
+func TestCheckWarnsAndPasses(t *testing.T) {
+	cfg := contribConfig(t)
+	pol := `rules:
+  - name: long-lived
+    match: {project_path: platform/app}
+    allow: {projects: [platform/lib], scopes: [read_repository], ttl: 48h, access_level: maintainer}
+`
+	if err := os.WriteFile(filepath.Join(filepath.Dir(cfg), "policy.yaml"), []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, "check", "--config", cfg)
+	if code != 0 || !strings.Contains(out, ": ok") {
+		t.Fatalf("check exit %d:\n%s%s", code, out, errs)
+	}
+	for _, want := range []string{"policy.yaml:4: rule \"long-lived\": allow.ttl: warning: 48h is above max_ttl (12h)", "allow.access_level: warning: has no effect"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("check does not warn %q:\n%s", want, errs)
+		}
+	}
+}
+
+// TestCheckConfigProblems: the configuration's problems come with line and key.
+func TestCheckConfigProblems(t *testing.T) {
+	cfg := contribConfig(t)
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(data), "audience:", "audeince:", 1)
+	bad = strings.Replace(bad, "max_ttl: 12h", "max_ttl: 100d", 1)
+	if err := os.WriteFile(cfg, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := runCmd(t, "check", "--config", cfg)
+	if code != 1 {
+		t.Fatalf("check exit %d, want 1", code)
+	}
+	for _, want := range []string{`unknown key "audeince" (did you mean "audience"?)`, `max_ttl: "100d" is not a duration`, "exchanged.yaml:"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("check does not say %q:\n%s", want, errs)
+		}
+	}
+}
+
 func TestExplain(t *testing.T) {
 	cfg := contribConfig(t)
 	claims := filepath.Join(filepath.Dir(cfg), "claims.json")

@@ -1,16 +1,18 @@
-// Package config loads and validates exchanged's YAML configuration (the
-// contract in DESIGN.md). Load returns every problem it finds, each naming
-// the file and the key, so `exchanged check` can list them all at once.
+// Package config loads and validates exchanged's YAML configuration. Load
+// returns every problem it finds, each naming the file, the line and the key
+// in the user's words, so `exchanged check` can list them all at once.
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,15 +82,28 @@ type Duration time.Duration
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	var s string
-	if err := n.Decode(&s); err != nil {
-		return fmt.Errorf("a duration like 90s or 1h is expected")
+	if n.Kind != yaml.ScalarNode || n.Decode(&s) != nil {
+		return fmt.Errorf("a duration like 90s or 1h is expected, not %s", describe(n))
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("%q is not a duration like 90s or 1h", s)
+		return fmt.Errorf("%q is not a duration: %s", s, durationHint(s))
 	}
 	*d = Duration(v)
 	return nil
+}
+
+var daysRE = regexp.MustCompile(`^([0-9]+)d$`)
+
+func durationHint(s string) string {
+	if m := daysRE.FindStringSubmatch(s); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return fmt.Sprintf("the units are s, m and h; for %s days write %dh", m[1], n*24)
+	}
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return fmt.Sprintf("give a unit, e.g. %ss or %sm", s, s)
+	}
+	return "write e.g. 90s, 15m or 12h"
 }
 
 // D returns the time.Duration.
@@ -97,16 +112,22 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // Error lists every problem found in a configuration file.
 type Error struct {
 	File     string
-	Problems []string
+	Problems []Problem
 }
 
+// Error prints one problem a line: `file:line: key: message`.
 func (e *Error) Error() string {
 	var b strings.Builder
 	for i, p := range e.Problems {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		fmt.Fprintf(&b, "%s: %s", e.File, p)
+		b.WriteString(e.File)
+		if p.Line > 0 {
+			fmt.Fprintf(&b, ":%d", p.Line)
+		}
+		b.WriteString(": ")
+		b.WriteString(p.Message)
 	}
 	return b.String()
 }
@@ -125,37 +146,72 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	if len(data) > maxConfigBytes {
-		return nil, &Error{File: path, Problems: []string{"file larger than 1 MiB"}}
+		return nil, &Error{File: path, Problems: []Problem{{Message: "file larger than 1 MiB"}}}
 	}
 	return Parse(data, path)
 }
 
-// Parse decodes data as the configuration found at file.
+// Parse decodes data as the configuration found at file. It reports every
+// problem at once, each with its line and key.
 func Parse(data []byte, file string) (*Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, &Error{File: file, Problems: []string{"empty configuration"}}
-		}
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			return nil, &Error{File: file, Problems: te.Errors}
-		}
-		return nil, &Error{File: file, Problems: []string{err.Error()}}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &Error{File: file, Problems: []Problem{syntaxProblem(err)}}
 	}
+	if root.Kind == 0 || len(root.Content) == 0 {
+		return nil, &Error{File: file, Problems: []Problem{{Message: "empty configuration"}}}
+	}
+	var c Config
+	d := &decoder{lines: map[string]int{}, zero: map[string]bool{}}
+	d.decode(root.Content[0], reflect.ValueOf(&c).Elem(), "")
 	c.File = file
 	dir, err := filepath.Abs(filepath.Dir(file))
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", file, err)
 	}
 	c.resolvePaths(dir)
+	for _, df := range defaulted {
+		if d.zero[df.key] {
+			d.add(d.line(df.key), "%s: empty; remove the key to use the default (%s)", df.key, df.value)
+		}
+	}
 	c.defaults()
-	if probs := c.validate(); len(probs) > 0 {
-		return nil, &Error{File: file, Problems: probs}
+	c.validate(d)
+	if len(d.problems) > 0 {
+		sort.SliceStable(d.problems, func(i, j int) bool {
+			li, lj := d.problems[i].Line, d.problems[j].Line
+			return li > 0 && (lj == 0 || li < lj)
+		})
+		return nil, &Error{File: file, Problems: d.problems}
 	}
 	return &c, nil
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line ([0-9]+): `)
+
+func syntaxProblem(err error) Problem {
+	msg := err.Error()
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return Problem{Line: n, Message: "not valid YAML: " + msg[len(m[0]):]}
+	}
+	return Problem{Message: "not valid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+}
+
+// defaulted are the keys whose zero value means "the default": written
+// empty or zero, they are refused rather than silently replaced.
+var defaulted = []struct{ key, value string }{
+	{"listen", "unix:///run/gltoken/exchanged.sock"},
+	{"store.driver", "sqlite"},
+	{"store.dsn", "/var/lib/gltoken/state.db for sqlite"},
+	{"gitlab.issuer", "gitlab.url"},
+	{"max_ttl", "12h"},
+	{"log_level", "info"},
+	{"reaper_interval", "10s"},
+	{"id_token.algorithms", "[RS256]"},
+	{"id_token.leeway", "60s"},
+	{"rate_limit.per_second", "20"},
+	{"rate_limit.burst", "40"},
 }
 
 func (c *Config) resolvePaths(dir string) {
@@ -222,12 +278,11 @@ var asymmetric = map[string]bool{
 	"ES256": true, "ES384": true, "ES512": true, "EdDSA": true,
 }
 
-func (c *Config) validate() []string {
-	var p []string
-	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+func (c *Config) validate(d *decoder) {
+	add := func(key, format string, args ...any) { d.add(d.line(key), format, args...) }
 
 	hasTCP := false
-	for _, l := range c.Listen {
+	for i, l := range c.Listen {
 		u, err := url.Parse(l)
 		switch {
 		case l == "systemd:":
@@ -235,88 +290,87 @@ func (c *Config) validate() []string {
 			// ones among them (TLS then applies to those)
 			hasTCP = true
 		case err != nil:
-			add("listen: %q is not a URL", l)
+			add(fmt.Sprintf("listen[%d]", i), "listen: %q is not a URL", l)
 		case u.Scheme == "unix":
 			if u.Path == "" || u.Host != "" {
-				add("listen: %q: write unix:///absolute/path.sock", l)
+				add(fmt.Sprintf("listen[%d]", i), "listen: %q: write unix:///absolute/path.sock", l)
 			}
 		case u.Scheme == "tcp":
 			hasTCP = true
 			if u.Port() == "" {
-				add("listen: %q: a port is required (tcp://host:port)", l)
+				add(fmt.Sprintf("listen[%d]", i), "listen: %q: a port is required (tcp://host:port)", l)
 			}
 			if !loopbackHost(u.Hostname()) && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
-				add("listen: %q is not loopback, so tls.cert_file and tls.key_file are required", l)
+				add(fmt.Sprintf("listen[%d]", i), "listen: %q is not loopback, so tls.cert_file and tls.key_file are required", l)
 			}
 		default:
-			add("listen: %q: use unix:///path, tcp://host:port or systemd:", l)
+			add(fmt.Sprintf("listen[%d]", i), "listen: %q: use unix:///path, tcp://host:port or systemd:", l)
 		}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		add("tls: cert_file and key_file go together")
+		add("tls", "tls: cert_file and key_file go together")
 	}
 	if c.TLS.ClientCAFile != "" && c.TLS.CertFile == "" {
-		add("tls.client_ca_file needs tls.cert_file and tls.key_file")
+		add("tls.client_ca_file", "tls.client_ca_file needs tls.cert_file and tls.key_file")
 	}
 	if c.TLS.CertFile != "" && !hasTCP {
-		add("tls is set but no tcp:// listen address uses it")
+		add("tls", "tls is set but no tcp:// listen address uses it")
 	}
 
 	if c.GitLab.URL == "" {
-		add("gitlab.url is required (e.g. https://gitlab.example.com)")
+		add("gitlab.url", "gitlab.url is required (e.g. https://gitlab.example.com)")
 	} else if u, err := url.Parse(c.GitLab.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.User != nil {
-		add("gitlab.url: %q is not an http(s) URL", c.GitLab.URL)
+		add("gitlab.url", "gitlab.url: %q is not an http(s) URL", c.GitLab.URL)
 	} else if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
-		add("gitlab.url: %q: plain http is allowed only for a loopback GitLab (tests); use https", c.GitLab.URL)
+		add("gitlab.url", "gitlab.url: %q: plain http is allowed only for a loopback GitLab (tests); use https", c.GitLab.URL)
 	} else if strings.HasSuffix(c.GitLab.URL, "/") {
-		add("gitlab.url: %q: drop the trailing slash (it must equal the ID tokens' iss exactly)", c.GitLab.URL)
+		add("gitlab.url", "gitlab.url: %q: drop the trailing slash (it must equal the ID tokens' iss exactly)", c.GitLab.URL)
 	}
 	if c.GitLab.TokenFile == "" {
-		add("gitlab.token_file is required: the service account token is never written inline")
+		add("gitlab.token_file", "gitlab.token_file is required: the service account token is never written inline")
 	}
 	if c.GitLab.RegistryURL != "" {
 		if u, err := url.Parse(c.GitLab.RegistryURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			add("gitlab.registry_url: %q is not an http(s) URL", c.GitLab.RegistryURL)
+			add("gitlab.registry_url", "gitlab.registry_url: %q is not an http(s) URL", c.GitLab.RegistryURL)
 		}
 	}
 	if c.Audience == "" {
-		add("audience is required: the aud your jobs' id_tokens carry (e.g. https://gltoken.example.com)")
+		add("audience", "audience is required: the aud your jobs' id_tokens carry (e.g. https://gltoken.example.com)")
 	}
 	if c.PolicyFile == "" {
-		add("policy_file is required")
+		add("policy_file", "policy_file is required")
 	}
 	switch c.Store.Driver {
 	case "sqlite":
 	case "postgres":
 		if c.Store.DSN == "" {
-			add("store.dsn is required for the postgres driver")
+			add("store.dsn", "store.dsn is required for the postgres driver")
 		}
 	default:
-		add("store.driver: %q: use sqlite or postgres", c.Store.Driver)
+		add("store.driver", "store.driver: %q: use sqlite or postgres", c.Store.Driver)
 	}
 	if c.MaxTTL.D() < time.Minute || c.MaxTTL.D() > 90*24*time.Hour {
-		add("max_ttl: %s: must be between 1m and 2160h (90 days)", c.MaxTTL.D())
+		add("max_ttl", "max_ttl: %s: must be between 1m and 2160h (90 days)", c.MaxTTL.D())
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		add("log_level: %q: use debug, info, warn or error", c.LogLevel)
+		add("log_level", "log_level: %q: use debug, info, warn or error", c.LogLevel)
 	}
 	if c.ReaperInterval.D() < time.Second || c.ReaperInterval.D() > 10*time.Minute {
-		add("reaper_interval: %s: must be between 1s and 10m", c.ReaperInterval.D())
+		add("reaper_interval", "reaper_interval: %s: must be between 1s and 10m", c.ReaperInterval.D())
 	}
 	for _, a := range c.IDToken.Algorithms {
 		if !asymmetric[a] {
-			add("id_token.algorithms: %q is not allowed (only asymmetric algorithms: RS256, PS256, ES256, EdDSA…; never none or HMAC)", a)
+			add("id_token.algorithms", "id_token.algorithms: %q is not allowed (only asymmetric algorithms: RS256, PS256, ES256, EdDSA…; never none or HMAC)", a)
 		}
 	}
 	if l := c.IDToken.Leeway.D(); l < 0 || l > 60*time.Second {
-		add("id_token.leeway: %s: at most 60s", l)
+		add("id_token.leeway", "id_token.leeway: %s: at most 60s", l)
 	}
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 {
-		add("rate_limit: values must be positive")
+		add("rate_limit", "rate_limit: values must be positive")
 	}
-	return p
 }
 
 func loopbackHost(h string) bool {

@@ -75,11 +75,63 @@ func TestValidation(t *testing.T) {
 				}
 			}
 			for _, line := range strings.Split(err.Error(), "\n") {
-				if !strings.HasPrefix(line, "exchanged.yaml: ") {
+				if !strings.HasPrefix(line, "exchanged.yaml:") {
 					t.Errorf("line does not name the file: %q", line)
 				}
 			}
 		})
+	}
+}
+
+// TestProblemsInTheUsersWords: every problem at once, with its line and key
+// path, no Go type names, a suggestion for a misspelt key.
+func TestProblemsInTheUsersWords(t *testing.T) {
+	cfg := `listen: [unix:///run/gltoken/exchanged.sock]
+gitlab:
+  url: https://gitlab.example.com
+  token_file: /etc/gltoken/gitlab-token
+  registy_url: https://registry.example.com
+audeince: https://gltoken.example.com
+policy_file: /etc/gltoken/policy.yaml
+max_ttl: 100d
+reaper_interval: 0s
+rate_limit:
+  per_second: fast
+  burst: 0
+id_token:
+  algorithms: RS256
+log_level: ""
+`
+	_, err := Parse([]byte(cfg), "exchanged.yaml")
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	got := err.Error()
+	for _, want := range []string{
+		`exchanged.yaml:5: unknown key "registy_url" in gitlab (did you mean "registry_url"?)`,
+		`exchanged.yaml:6: unknown key "audeince" (did you mean "audience"?)`,
+		`exchanged.yaml:8: max_ttl: "100d" is not a duration: the units are s, m and h; for 100 days write 2400h`,
+		`exchanged.yaml:9: reaper_interval: empty; remove the key to use the default (10s)`,
+		`exchanged.yaml:11: rate_limit.per_second: a number is expected, not "fast"`,
+		`exchanged.yaml:12: rate_limit.burst: empty; remove the key to use the default (40)`,
+		`exchanged.yaml:14: id_token.algorithms: a list is expected, not "RS256"`,
+		`exchanged.yaml:15: log_level: empty; remove the key to use the default (info)`,
+		`exchanged.yaml: audience is required`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
+	}
+	for _, goName := range []string{"config.", "unmarshal", "float64", "[]string", "!!str"} {
+		if strings.Contains(got, goName) {
+			t.Errorf("the error speaks Go (%q):\n%s", goName, got)
+		}
+	}
+	if _, err := Parse([]byte(valid+"max_ttl: 12h\nmax_ttl: 1h\n"), "x.yaml"); err == nil || !strings.Contains(err.Error(), "written twice") {
+		t.Errorf("a key written twice: %v", err)
+	}
+	if _, err := Parse([]byte("listen: [\n"), "x.yaml"); err == nil || !strings.Contains(err.Error(), "not valid YAML") {
+		t.Errorf("bad YAML: %v", err)
 	}
 }
 

@@ -13,6 +13,11 @@ import (
 	"gltoken.dev/gltoken/internal/policy"
 )
 
+// PolicyOptions are the policy load options the configuration implies.
+func PolicyOptions(cfg *config.Config) policy.Options {
+	return policy.Options{GitLabURL: cfg.GitLab.URL, MaxTTL: cfg.MaxTTL.D()}
+}
+
 // Check validates everything that can be validated offline, prints every
 // problem to stderr and a summary to stdout, and returns the exit code.
 func Check(cfgPath string, stdout, stderr io.Writer) int {
@@ -22,10 +27,13 @@ func Check(cfgPath string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	bad := false
-	pol, err := policy.Load(cfg.PolicyFile, policy.Options{GitLabURL: cfg.GitLab.URL})
+	pol, err := policy.Load(cfg.PolicyFile, PolicyOptions(cfg))
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		bad = true
+	}
+	for _, w := range pol.Warnings() {
+		fmt.Fprintln(stderr, w)
 	}
 	if _, err := cfg.ReadToken(); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", cfg.File, err)
@@ -58,7 +66,7 @@ func Explain(cfgPath, claimsPath, resource string, scopes []string, stdin io.Rea
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	pol, err := policy.Load(cfg.PolicyFile, policy.Options{GitLabURL: cfg.GitLab.URL})
+	pol, err := policy.Load(cfg.PolicyFile, PolicyOptions(cfg))
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

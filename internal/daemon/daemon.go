@@ -74,9 +74,10 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	}()
 	step := func(name string, err error) error { return fmt.Errorf("%s: %w", name, err) }
 
-	if d.policy, err = policy.NewHolder(cfg.PolicyFile, policy.Options{GitLabURL: cfg.GitLab.URL}); err != nil {
+	if d.policy, err = policy.NewHolder(cfg.PolicyFile, PolicyOptions(cfg)); err != nil {
 		return nil, step("policy", err)
 	}
+	logWarnings(log, d.policy.Current())
 	token, err := cfg.ReadToken()
 	if err != nil {
 		return nil, step("service account token", err)
@@ -192,6 +193,7 @@ func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
 				d.log.Error("policy reload refused; the policy in force stays", "file", d.policy.File(), "error", err.Error())
 			} else {
 				d.log.Info("policy reloaded", "file", d.policy.File(), "rules", len(p.Rules()))
+				logWarnings(d.log, p)
 			}
 			// An emergency key rotation at GitLab: drop removed keys now.
 			if err := d.verifier.Refresh(ctx); err != nil {
@@ -200,6 +202,12 @@ func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
 				d.log.Info("JWKS refreshed")
 			}
 		}
+	}
+}
+
+func logWarnings(log *slog.Logger, p *policy.Policy) {
+	for _, w := range p.Warnings() {
+		log.Warn("policy", "warning", w)
 	}
 }
 

@@ -30,6 +30,9 @@ type Options struct {
 	// gitlab.com, which all tenants share, every rule MUST pin a namespace or
 	// project and MUST NOT start a target with a wildcard.
 	GitLabURL string
+	// MaxTTL is the daemon's max_ttl. When set, a rule ttl above it is
+	// reported as a warning (the credential gets MaxTTL).
+	MaxTTL time.Duration
 }
 
 func (o Options) sharedInstance() bool {
@@ -107,7 +110,7 @@ func Load(path string, opts Options) (*Policy, error) {
 // Parse parses and validates a policy. file names it in problems. On invalid
 // input it returns a *LoadError listing every problem found.
 func Parse(data []byte, file string, opts Options) (*Policy, error) {
-	p := &parser{file: file, shared: opts.sharedInstance(), names: map[string]int{}}
+	p := &parser{file: file, shared: opts.sharedInstance(), maxTTL: opts.MaxTTL, names: map[string]int{}}
 	if len(data) > MaxFileSize {
 		p.add(0, "", "", fmt.Sprintf("file is larger than %d bytes", MaxFileSize))
 		return nil, p.err()
@@ -121,6 +124,11 @@ func Parse(data []byte, file string, opts Options) (*Policy, error) {
 	pol := p.parseRoot(root)
 	if len(p.problems) > 0 {
 		return nil, p.err()
+	}
+	for _, w := range p.warnings {
+		w.Message = "warning: " + w.Message
+		line := (&LoadError{File: file, Problems: []Problem{w}}).Error()
+		pol.warnings = append(pol.warnings, line)
 	}
 	return pol, nil
 }
@@ -169,12 +177,18 @@ func yamlErrorLine(err error) (int, string) {
 type parser struct {
 	file     string
 	shared   bool
+	maxTTL   time.Duration
 	problems []Problem
+	warnings []Problem
 	names    map[string]int // rule name -> line of first use
 }
 
 func (p *parser) add(line int, rule, field, msg string) {
 	p.problems = append(p.problems, Problem{Line: line, Rule: rule, Field: field, Message: msg})
+}
+
+func (p *parser) warn(line int, rule, field, msg string) {
+	p.warnings = append(p.warnings, Problem{Line: line, Rule: rule, Field: field, Message: msg})
 }
 
 func (p *parser) err() error {
@@ -521,13 +535,17 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 		return
 	}
 	hasScopes := false
+	ttlLine, accessLine := 0, 0
+	var wide []item // targets whose first segment is a wildcard
 	for _, e := range fields {
 		field := "allow." + e.key
 		switch e.key {
 		case "projects":
 			r.projects = p.parseTargets(label, field, e.val)
+			wide = append(wide, wildFirst(r.projects, e.line)...)
 		case "groups":
 			r.groups = p.parseTargets(label, field, e.val)
+			wide = append(wide, wildFirst(r.groups, e.line)...)
 		case "scopes":
 			hasScopes = true
 			items, ok := p.list(e.val, label, field)
@@ -560,6 +578,7 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 				continue
 			}
 			r.ttl = d
+			ttlLine = e.val.Line
 		case "access_level":
 			v, ok := p.scalar(e.val, label, field)
 			if !ok {
@@ -571,6 +590,7 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 				continue
 			}
 			r.accessLevel = lvl
+			accessLine = e.val.Line
 		default:
 			p.add(e.line, label, field, "unknown key (want "+strings.Join(allowKeys, ", ")+")")
 		}
@@ -581,6 +601,67 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 	if !hasField(fields, "projects") && !hasField(fields, "groups") {
 		p.add(n.Line, label, "allow", "no projects and no groups: the rule allows nothing")
 	}
+	p.warnAllow(r, label, ttlLine, accessLine, wide)
+}
+
+// accessTokenScopes are the scopes only a project access token carries; a
+// rule granting none of them mints deploy tokens only.
+var accessTokenScopes = map[string]bool{"write_repository": true, "read_api": true, "api": true}
+
+// writeScopes change things or reach the whole API.
+var writeScopes = map[string]bool{"write_repository": true, "write_registry": true, "write_package_registry": true, "api": true}
+
+// warnAllow reports what is legal but probably not what the author meant.
+func (p *parser) warnAllow(r *rule, label string, ttlLine, accessLine int, wide []item) {
+	if p.maxTTL > 0 && ttlLine > 0 && r.ttl > p.maxTTL {
+		p.warn(ttlLine, label, "allow.ttl", fmt.Sprintf("%s is above max_ttl (%s): credentials get %s", shortDuration(r.ttl), shortDuration(p.maxTTL), shortDuration(p.maxTTL)))
+	}
+	if accessLine > 0 && !slices.ContainsFunc(r.scopeList, func(s string) bool { return accessTokenScopes[s] }) {
+		p.warn(accessLine, label, "allow.access_level", "has no effect: the rule's scopes are served by deploy tokens, which have no role "+
+			"(access_level applies to write_repository, read_api and api)")
+	}
+	var writes []string
+	for _, s := range r.scopeList {
+		if writeScopes[s] {
+			writes = append(writes, s)
+		}
+	}
+	if len(writes) > 0 {
+		for _, t := range wide {
+			p.warn(t.line, label, "allow", fmt.Sprintf("grants %s on %q, which matches projects in every top-level group; name the group",
+				strings.Join(writes, ", "), t.val))
+		}
+	}
+}
+
+// shortDuration prints 24h rather than 24h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// wildFirst returns the targets whose first path segment is a wildcard.
+func wildFirst(ts []target, line int) []item {
+	var out []item
+	for _, t := range ts {
+		first := t.raw
+		if len(t.parts) > 0 {
+			if t.parts[0].claim != "" {
+				continue
+			}
+			first = t.parts[0].lit
+		}
+		if seg, _, _ := strings.Cut(first, "/"); seg == "" || hasMeta(seg) {
+			out = append(out, item{val: t.raw, line: line})
+		}
+	}
+	return out
 }
 
 func (p *parser) parseTargets(label, field string, n *yaml.Node) []target {

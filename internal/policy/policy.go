@@ -45,8 +45,19 @@ import (
 // Policy is a loaded, validated trust policy. It is immutable and safe for
 // concurrent use; reload by loading a new one.
 type Policy struct {
-	rules []*rule
-	names []string
+	rules    []*rule
+	names    []string
+	warnings []string
+}
+
+// Warnings returns what is legal but probably not meant (a ttl above
+// max_ttl, an access_level that has no effect, write access on every
+// top-level group), each as `file:line: rule "name": field: warning: message`.
+func (p *Policy) Warnings() []string {
+	if p == nil {
+		return nil
+	}
+	return append([]string(nil), p.warnings...)
 }
 
 type rule struct {
