@@ -37,7 +37,8 @@ const (
 )
 
 // Record is one credential the daemon minted or meant to mint. It never holds
-// the secret: SecretSHA256 is the hex SHA-256 of it.
+// the secret in the clear: SecretSHA256 is the hex SHA-256 of it, and
+// SealedSecret, when the daemon has a ledger key, is it encrypted.
 type Record struct {
 	ID    string // ledger id; the GitLab token is named "gltoken-" + ID
 	State State
@@ -57,10 +58,24 @@ type Record struct {
 	PipelineID string
 	JobID      string
 	TokenJTI   string
+	// TokenExpiresAt is the exp of the requester's ID token. With it,
+	// CreateIntent records the requesting job (JobID) as the credential's
+	// first holder.
+	TokenExpiresAt time.Time
+	// ReuseKey names the grant this credential serves (source project, rule,
+	// target, kind, scopes, role), as the exchange computes it; another job
+	// asking for the same grant may be handed this credential (see
+	// Store.Reusable). "" for a credential no other job may share.
+	ReuseKey string
 
 	GitLabID     int64  // the token's id in GitLab, 0 until Active
 	Username     string // git/registry username of the credential
 	SecretSHA256 string // hex SHA-256 of the secret, "" until Active
+	// SealedSecret is the secret encrypted under the ledger key SecretKeyID
+	// (see Store.SealSecret); both are empty when the daemon keeps secrets
+	// in memory only, and cleared when the record is revoked.
+	SecretKeyID  string
+	SealedSecret []byte
 
 	CreatedAt time.Time
 	ExpiresAt time.Time // when the credential stops being valid for its user (the TTL)
@@ -72,6 +87,28 @@ type Record struct {
 	LastError     string // never contains a secret
 	RevokedAt     time.Time
 }
+
+// Holder is one job holding a credential. With reuse, several jobs of one
+// project share a credential; job-end revocation ends a credential once no
+// job holds it any more. A hold is let go at most once and never taken up
+// again.
+type Holder struct {
+	LedgerID   string
+	JobID      string
+	ProjectID  string
+	PipelineID string
+	// TokenExpiresAt is the exp of the job's ID token: the exchange hands a
+	// job only credentials that expire no later.
+	TokenExpiresAt time.Time
+	HeldSince      time.Time // when the job got the credential
+	ReleasedAt     time.Time // when it let go (its job ended); zero while it holds it
+}
+
+// Holding reports whether the job still holds the credential.
+func (h Holder) Holding() bool { return h.ReleasedAt.IsZero() }
+
+// MaxSealedLen is the largest sealed secret a store keeps.
+const MaxSealedLen = 4096
 
 // ErrNotFound: no record with that id (or fingerprint).
 var ErrNotFound = errors.New("ledger: record not found")
@@ -100,11 +137,19 @@ var ErrExists = errors.New("ledger: record already exists")
 //     error that changes nothing.
 //   - Transitions only go forward: Pending -> Active -> Revoked,
 //     Pending -> Revoked, Pending -> Abandoned.
+//   - A credential's holders: a record is "let go" when it has holders and
+//     none of them holds it any more. A let-go record takes no new holder
+//     and is never reusable, so a credential job-end revocation is about to
+//     end is not handed to another job meanwhile.
+//   - A sealed secret is kept only while the record is Active.
 type Store interface {
 	// CreateIntent inserts a Pending record with every field as given (State
-	// must be Pending or empty). NextAttemptAt is the end of the mint's lease:
-	// after it, a reaper may reconcile the intent. ID, a known Kind, CreatedAt and
-	// NextAttemptAt are required. ErrExists if the id is taken.
+	// must be Pending or empty; SecretKeyID and SealedSecret must be empty).
+	// NextAttemptAt is the end of the mint's lease: after it, a reaper may
+	// reconcile the intent. ID, a known Kind, CreatedAt and NextAttemptAt are
+	// required. When JobID and TokenExpiresAt are set, the same step records
+	// the job as the first holder (ProjectID, PipelineID, TokenExpiresAt,
+	// held since CreatedAt; see FirstHolder). ErrExists if the id is taken.
 	CreateIntent(ctx context.Context, r Record) error
 	// Activate moves a Pending record to Active with what GitLab returned.
 	// ExpiresAt and NextAttemptAt both become expiresAt (the revocation time,
@@ -117,9 +162,39 @@ type Store interface {
 	// stays); ErrConflict from Active or Revoked; ErrNotFound if there is none.
 	Abandon(ctx context.Context, id, reason string) error
 	// MarkRevoked moves a Pending or Active record to Revoked with RevokedAt =
-	// at. Idempotent on Revoked (the first RevokedAt stays); ErrConflict from
-	// Abandoned; ErrNotFound if there is none.
+	// at, and drops its sealed secret. Idempotent on Revoked (the first
+	// RevokedAt stays); ErrConflict from Abandoned; ErrNotFound if there is
+	// none.
 	MarkRevoked(ctx context.Context, id string, at time.Time) error
+	// SealSecret keeps the secret of an Active record, encrypted under the
+	// ledger key keyID (both non-empty, sealed at most MaxSealedLen bytes),
+	// replacing any sealed before (a rotated secret, or a new key).
+	// ErrConflict if the record is not Active; ErrNotFound if there is none.
+	SealSecret(ctx context.Context, id, keyID string, sealed []byte) error
+	// Reusable returns at most limit Active records with ReuseKey key (not
+	// "") that carry a sealed secret, expire after liveAfter and no later
+	// than notAfter, and are not let go: the credentials a job whose ID
+	// token expires at notAfter may be handed. Latest expiry first, then by
+	// ID. limit must be positive.
+	Reusable(ctx context.Context, key string, liveAfter, notAfter time.Time, limit int) ([]Record, error)
+	// AddHolder records that job h.JobID holds credential h.LedgerID since
+	// h.HeldSince (LedgerID, JobID, TokenExpiresAt and HeldSince required).
+	// A no-op if the job holds it already (the first hold stays).
+	// ErrConflict if the record is Revoked or Abandoned, is let go, or the
+	// job held it and let go; ErrNotFound if there is no record.
+	AddHolder(ctx context.Context, h Holder) error
+	// Holders lists every holder of a credential, past and present, oldest
+	// hold first (then by JobID). None for an unknown record.
+	Holders(ctx context.Context, ledgerID string) ([]Holder, error)
+	// Holds lists the holds job jobID has on credentials that are still
+	// Pending or Active, oldest first (then by LedgerID).
+	Holds(ctx context.Context, jobID string) ([]Holder, error)
+	// ReleaseJob lets go of every hold of job jobID (ReleasedAt = at, not
+	// zero) and returns the ids of the Pending or Active records that no job
+	// holds any more (sorted), which job-end revocation then ends. Holds
+	// already let go keep their first ReleasedAt. Releasing a job twice, or
+	// one that holds nothing, returns nothing.
+	ReleaseJob(ctx context.Context, jobID string, at time.Time) ([]string, error)
 	// ClaimDue returns at most limit records that are Pending or Active with
 	// NextAttemptAt <= now, oldest first (by NextAttemptAt, then ID), and
 	// atomically pushes their NextAttemptAt to now+lease so no other reaper

@@ -42,8 +42,62 @@ func CheckIntent(r Record) (Record, error) {
 		}
 		r.SecretSHA256 = sha
 	}
+	if r.SecretKeyID != "" || len(r.SealedSecret) != 0 {
+		return r, fmt.Errorf("record %s: an intent has no secret to seal", r.ID)
+	}
+	r.SealedSecret = nil
 	r.LastError = CleanError(r.LastError)
 	return r, nil
+}
+
+// FirstHolder returns the hold CreateIntent records with r, if any.
+func FirstHolder(r Record) (Holder, bool) {
+	if r.JobID == "" || r.TokenExpiresAt.IsZero() {
+		return Holder{}, false
+	}
+	return Holder{LedgerID: r.ID, JobID: r.JobID, ProjectID: r.ProjectID, PipelineID: r.PipelineID,
+		TokenExpiresAt: r.TokenExpiresAt, HeldSince: r.CreatedAt}, true
+}
+
+// CheckHolder validates AddHolder's argument.
+func CheckHolder(h Holder) error {
+	switch {
+	case h.LedgerID == "":
+		return errors.New("holder has no ledger id")
+	case h.JobID == "":
+		return fmt.Errorf("holder of %s has no job id", h.LedgerID)
+	case h.TokenExpiresAt.IsZero():
+		return fmt.Errorf("holder %s of %s: no ID-token expiry", h.JobID, h.LedgerID)
+	case h.HeldSince.IsZero():
+		return fmt.Errorf("holder %s of %s: no time of the hold", h.JobID, h.LedgerID)
+	case !h.ReleasedAt.IsZero():
+		return fmt.Errorf("holder %s of %s: a new hold cannot be let go already", h.JobID, h.LedgerID)
+	}
+	return nil
+}
+
+// CheckSeal validates SealSecret's arguments.
+func CheckSeal(keyID string, sealed []byte) error {
+	switch {
+	case keyID == "":
+		return errors.New("sealed secret without a key id")
+	case len(sealed) == 0:
+		return errors.New("empty sealed secret")
+	case len(sealed) > MaxSealedLen:
+		return fmt.Errorf("sealed secret of %d bytes, at most %d", len(sealed), MaxSealedLen)
+	}
+	return nil
+}
+
+// CheckReusable validates Reusable's arguments.
+func CheckReusable(key string, limit int) error {
+	if key == "" {
+		return errors.New("no reuse key")
+	}
+	if limit <= 0 {
+		return fmt.Errorf("limit %d, want > 0", limit)
+	}
+	return nil
 }
 
 func validKind(k Kind) bool {

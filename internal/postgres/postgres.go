@@ -90,6 +90,24 @@ var migrations = []string{
 	CREATE INDEX ledger_records_state ON ledger_records (state, created_at);
 	CREATE INDEX ledger_records_secret ON ledger_records (secret_sha256) WHERE secret_sha256 <> '';
 	CREATE INDEX ledger_records_created ON ledger_records (created_at);`,
+
+	// 2: holders (which jobs hold each credential), reuse and sealed secrets.
+	`ALTER TABLE ledger_records ADD COLUMN token_expires_at timestamptz;
+	ALTER TABLE ledger_records ADD COLUMN reuse_key text NOT NULL DEFAULT '';
+	ALTER TABLE ledger_records ADD COLUMN secret_key_id text NOT NULL DEFAULT '';
+	ALTER TABLE ledger_records ADD COLUMN sealed_secret bytea;
+	CREATE INDEX ledger_records_reuse ON ledger_records (reuse_key, expires_at) WHERE state = 'active' AND reuse_key <> '';
+	CREATE TABLE ledger_holders (
+		ledger_id        text NOT NULL REFERENCES ledger_records (id),
+		job_id           text NOT NULL,
+		project_id       text NOT NULL,
+		pipeline_id      text NOT NULL,
+		token_expires_at timestamptz NOT NULL,
+		held_since       timestamptz NOT NULL,
+		released_at      timestamptz, -- NULL while the job holds it
+		PRIMARY KEY (ledger_id, job_id)
+	);
+	CREATE INDEX ledger_holders_job ON ledger_holders (job_id, held_since, ledger_id);`,
 }
 
 // migrate creates or upgrades the schema. Replicas starting together queue
@@ -150,7 +168,8 @@ func (s *Store) Ping(ctx context.Context) error {
 
 const columns = `id, state, kind, owner, owner_path, scopes, resource, rule, subject,
 	project_id, pipeline_id, job_id, token_jti, gitlab_id, username, secret_sha256,
-	created_at, expires_at, next_attempt_at, attempts, last_error, revoked_at`
+	created_at, expires_at, next_attempt_at, attempts, last_error, revoked_at,
+	token_expires_at, reuse_key, secret_key_id, sealed_secret`
 
 // CreateIntent inserts a Pending record.
 func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
@@ -162,12 +181,21 @@ func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
 	if scopes == nil {
 		scopes = []string{}
 	}
-	tag, err := s.pool.Exec(ctx, `INSERT INTO ledger_records (`+columns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
-		ON CONFLICT (id) DO NOTHING`,
+	// One statement, so the record and its first holder are one step: the
+	// holder is inserted only if the record was.
+	tag, err := s.pool.Exec(ctx, `WITH rec AS (
+			INSERT INTO ledger_records (`+columns+`)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, '', NULL)
+			ON CONFLICT (id) DO NOTHING
+			RETURNING id),
+		holder AS (
+			INSERT INTO ledger_holders (ledger_id, job_id, project_id, pipeline_id, token_expires_at, held_since)
+			SELECT id, $12, $10, $11, $23, $17 FROM rec WHERE $12 <> '' AND $23::timestamptz IS NOT NULL)
+		SELECT 1 FROM rec`,
 		r.ID, string(r.State), string(r.Kind), r.Owner, r.OwnerPath, scopes, r.Resource, r.Rule, r.Subject,
 		r.ProjectID, r.PipelineID, r.JobID, r.TokenJTI, r.GitLabID, r.Username, r.SecretSHA256,
-		ts(r.CreatedAt), nullTS(r.ExpiresAt), ts(r.NextAttemptAt), r.Attempts, r.LastError, nullTS(r.RevokedAt))
+		ts(r.CreatedAt), nullTS(r.ExpiresAt), ts(r.NextAttemptAt), r.Attempts, r.LastError, nullTS(r.RevokedAt),
+		nullTS(r.TokenExpiresAt), r.ReuseKey)
 	if err != nil {
 		return fmt.Errorf("postgres: create intent %s: %w", r.ID, err)
 	}
@@ -211,7 +239,7 @@ func (s *Store) Abandon(ctx context.Context, id, reason string) error {
 // MarkRevoked moves a Pending or Active record to Revoked.
 func (s *Store) MarkRevoked(ctx context.Context, id string, at time.Time) error {
 	err := s.transition(ctx, id, []ledger.State{ledger.Revoked},
-		`UPDATE ledger_records SET state = 'revoked', revoked_at = $2
+		`UPDATE ledger_records SET state = 'revoked', revoked_at = $2, secret_key_id = '', sealed_secret = NULL
 		WHERE id = $1 AND state IN ('pending', 'active')`,
 		id, nullTS(at))
 	if err != nil {
@@ -414,11 +442,13 @@ func scanRecord(row pgx.Row, pre ...any) (ledger.Record, error) {
 		state, kind      string
 		created, next    time.Time
 		expires, revoked *time.Time
+		tokenExpires     *time.Time
 		attempts         int32
 	)
 	dest := append(pre, &r.ID, &state, &kind, &r.Owner, &r.OwnerPath, &r.Scopes, &r.Resource, &r.Rule, &r.Subject,
 		&r.ProjectID, &r.PipelineID, &r.JobID, &r.TokenJTI, &r.GitLabID, &r.Username, &r.SecretSHA256,
-		&created, &expires, &next, &attempts, &r.LastError, &revoked)
+		&created, &expires, &next, &attempts, &r.LastError, &revoked,
+		&tokenExpires, &r.ReuseKey, &r.SecretKeyID, &r.SealedSecret)
 	if err := row.Scan(dest...); err != nil {
 		return ledger.Record{}, err
 	}
@@ -439,6 +469,12 @@ func scanRecord(row pgx.Row, pre ...any) (ledger.Record, error) {
 	}
 	if revoked != nil {
 		r.RevokedAt = revoked.UTC()
+	}
+	if tokenExpires != nil {
+		r.TokenExpiresAt = tokenExpires.UTC()
+	}
+	if len(r.SealedSecret) == 0 {
+		r.SealedSecret = nil
 	}
 	return r, nil
 }

@@ -161,6 +161,24 @@ var migrations = []string{
 	CREATE INDEX ledger_records_state ON ledger_records (state, created_at);
 	CREATE INDEX ledger_records_secret ON ledger_records (secret_sha256) WHERE secret_sha256 <> '';
 	CREATE INDEX ledger_records_created ON ledger_records (created_at);`,
+
+	// 2: holders (which jobs hold each credential), reuse and sealed secrets.
+	`ALTER TABLE ledger_records ADD COLUMN token_expires_at INTEGER;
+	ALTER TABLE ledger_records ADD COLUMN reuse_key TEXT NOT NULL DEFAULT '';
+	ALTER TABLE ledger_records ADD COLUMN secret_key_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE ledger_records ADD COLUMN sealed_secret BLOB;
+	CREATE INDEX ledger_records_reuse ON ledger_records (reuse_key, expires_at) WHERE state = 'active' AND reuse_key <> '';
+	CREATE TABLE ledger_holders (
+		ledger_id        TEXT NOT NULL REFERENCES ledger_records (id),
+		job_id           TEXT NOT NULL,
+		project_id       TEXT NOT NULL,
+		pipeline_id      TEXT NOT NULL,
+		token_expires_at INTEGER NOT NULL,
+		held_since       INTEGER NOT NULL,
+		released_at      INTEGER, -- NULL while the job holds it
+		PRIMARY KEY (ledger_id, job_id)
+	) STRICT;
+	CREATE INDEX ledger_holders_job ON ledger_holders (job_id, held_since, ledger_id);`,
 }
 
 // migrate checks the connection's durability settings and brings the schema
@@ -238,7 +256,8 @@ func (s *Store) Ping(ctx context.Context) error {
 
 const columns = `id, state, kind, owner, owner_path, scopes, resource, rule, subject,
 	project_id, pipeline_id, job_id, token_jti, gitlab_id, username, secret_sha256,
-	created_at, expires_at, next_attempt_at, attempts, last_error, revoked_at`
+	created_at, expires_at, next_attempt_at, attempts, last_error, revoked_at,
+	token_expires_at, reuse_key, secret_key_id, sealed_secret`
 
 // CreateIntent inserts a Pending record.
 func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
@@ -250,12 +269,18 @@ func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
 	if err != nil {
 		return fmt.Errorf("sqlite: create intent %s: %w", r.ID, err)
 	}
-	res, err := s.writer.ExecContext(ctx, `INSERT INTO ledger_records (`+columns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: create intent %s: %w", r.ID, err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT INTO ledger_records (`+columns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', NULL)
 		ON CONFLICT (id) DO NOTHING`,
 		r.ID, string(r.State), string(r.Kind), r.Owner, r.OwnerPath, scopes, r.Resource, r.Rule, r.Subject,
 		r.ProjectID, r.PipelineID, r.JobID, r.TokenJTI, r.GitLabID, r.Username, r.SecretSHA256,
-		micros(r.CreatedAt), nullMicros(r.ExpiresAt), micros(r.NextAttemptAt), r.Attempts, r.LastError, nullMicros(r.RevokedAt))
+		micros(r.CreatedAt), nullMicros(r.ExpiresAt), micros(r.NextAttemptAt), r.Attempts, r.LastError, nullMicros(r.RevokedAt),
+		nullMicros(r.TokenExpiresAt), r.ReuseKey)
 	if err != nil {
 		return fmt.Errorf("sqlite: create intent %s: %w", r.ID, err)
 	}
@@ -265,6 +290,16 @@ func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
 	}
 	if n == 0 {
 		return fmt.Errorf("sqlite: create intent %s: %w", r.ID, ledger.ErrExists)
+	}
+	if h, ok := ledger.FirstHolder(r); ok {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_holders
+			(ledger_id, job_id, project_id, pipeline_id, token_expires_at, held_since) VALUES (?, ?, ?, ?, ?, ?)`,
+			h.LedgerID, h.JobID, h.ProjectID, h.PipelineID, micros(h.TokenExpiresAt), micros(h.HeldSince)); err != nil {
+			return fmt.Errorf("sqlite: create intent %s: first holder: %w", r.ID, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: create intent %s: %w", r.ID, err)
 	}
 	return nil
 }
@@ -304,7 +339,7 @@ func (s *Store) Abandon(ctx context.Context, id, reason string) error {
 // MarkRevoked moves a Pending or Active record to Revoked.
 func (s *Store) MarkRevoked(ctx context.Context, id string, at time.Time) error {
 	err := s.transition(ctx, id, []ledger.State{ledger.Revoked},
-		`UPDATE ledger_records SET state = 'revoked', revoked_at = ?
+		`UPDATE ledger_records SET state = 'revoked', revoked_at = ?, secret_key_id = '', sealed_secret = NULL
 		WHERE id = ? AND state IN ('pending', 'active')`,
 		nullMicros(at), id)
 	if err != nil {
@@ -502,11 +537,17 @@ func scanRecords(rows *sql.Rows) ([]ledger.Record, error) {
 			state, kind, scopes string
 			created, next       int64
 			expires, revoked    sql.NullInt64
+			tokenExpires        sql.NullInt64
 		)
 		if err := rows.Scan(&r.ID, &state, &kind, &r.Owner, &r.OwnerPath, &scopes, &r.Resource, &r.Rule, &r.Subject,
 			&r.ProjectID, &r.PipelineID, &r.JobID, &r.TokenJTI, &r.GitLabID, &r.Username, &r.SecretSHA256,
-			&created, &expires, &next, &r.Attempts, &r.LastError, &revoked); err != nil {
+			&created, &expires, &next, &r.Attempts, &r.LastError, &revoked,
+			&tokenExpires, &r.ReuseKey, &r.SecretKeyID, &r.SealedSecret); err != nil {
 			return nil, err
+		}
+		r.TokenExpiresAt = fromNullMicros(tokenExpires)
+		if len(r.SealedSecret) == 0 {
+			r.SealedSecret = nil
 		}
 		r.State, r.Kind = ledger.State(state), ledger.Kind(kind)
 		if err := json.Unmarshal([]byte(scopes), &r.Scopes); err != nil {

@@ -95,7 +95,7 @@ func TestDurabilitySettings(t *testing.T) {
 		{"synchronous", "2"},
 		{"foreign_keys", "1"},
 		{"busy_timeout", "10000"},
-		{"user_version", "1"},
+		{"user_version", fmt.Sprint(len(migrations))},
 	} {
 		var got string
 		if err := s.writer.QueryRowContext(ctx, "PRAGMA "+tc.pragma).Scan(&got); err != nil {
@@ -335,5 +335,40 @@ func crashWriter() {
 			}
 			fmt.Println(id + " active")
 		}
+	}
+}
+
+// TestMigratesVersion1: a ledger written before holders and sealed secrets
+// opens with its records intact; they have no holders, no reuse key and no
+// sealed secret, and take holders as any other.
+func TestMigratesVersion1(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)
+	if _, err := db.ExecContext(ctx, migrations[0]+`;
+		INSERT INTO ledger_records VALUES ('old', 'active', 'project_deploy_token', '42', 'platform/lib', '["read_repository"]',
+			'https://gitlab.example.com/platform/lib.git', 'r', 's', '7', '1', '5005', 'jti', 9, 'gitlab+deploy-token-9', '', ?, ?, ?, 0, '', NULL);
+		PRAGMA user_version = 1;`, t0.UnixMicro(), t0.Add(time.Hour).UnixMicro(), t0.Add(time.Hour).UnixMicro()); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s := openTB(t, path)
+	r, err := s.Get(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != ledger.Active || r.ReuseKey != "" || r.SealedSecret != nil || !r.TokenExpiresAt.IsZero() || !r.ExpiresAt.Equal(t0.Add(time.Hour)) {
+		t.Errorf("migrated record = %+v", r)
+	}
+	if hs, err := s.Holders(ctx, "old"); err != nil || len(hs) != 0 {
+		t.Errorf("Holders = %+v, %v; want none", hs, err)
+	}
+	if err := s.AddHolder(ctx, ledger.Holder{LedgerID: "old", JobID: "6006", TokenExpiresAt: t0.Add(2 * time.Hour), HeldSince: t0}); err != nil {
+		t.Errorf("AddHolder on a migrated record: %v", err)
 	}
 }

@@ -64,6 +64,14 @@ func Run(t *testing.T, open func(t *testing.T) ledger.Store) {
 		{"ConcurrentClaimDue", func(t *testing.T, s ledger.Store) { testConcurrentClaimDue(t, s, s) }},
 		{"ConcurrentCreateSameID", func(t *testing.T, s ledger.Store) { testConcurrentCreateSameID(t, s, s) }},
 		{"ConcurrentActivateAbandon", func(t *testing.T, s ledger.Store) { testConcurrentActivateAbandon(t, s, s) }},
+		{"FirstHolder", testFirstHolder},
+		{"AddHolder", testAddHolder},
+		{"AddHolderRefusesBadInput", testAddHolderRefusesBadInput},
+		{"Holds", testHolds},
+		{"ReleaseJob", testReleaseJob},
+		{"SealSecret", testSealSecret},
+		{"Reusable", testReusable},
+		{"ConcurrentHoldRelease", func(t *testing.T, s ledger.Store) { testConcurrentHoldRelease(t, s, s) }},
 		{"PingClose", testPingClose},
 	}
 	for _, tc := range tests {
@@ -92,6 +100,7 @@ func RunShared(t *testing.T, openPair func(t *testing.T) (ledger.Store, ledger.S
 		{"ConcurrentClaimDue", testConcurrentClaimDue},
 		{"ConcurrentCreateSameID", testConcurrentCreateSameID},
 		{"ConcurrentActivateAbandon", testConcurrentActivateAbandon},
+		{"ConcurrentHoldRelease", testConcurrentHoldRelease},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -119,22 +128,25 @@ func Fingerprint(secret string) string {
 // created and due (its mint lease ending) at due.
 func NewRecord(id string, created, due time.Time) ledger.Record {
 	return ledger.Record{
-		ID:            id,
-		State:         ledger.Pending,
-		Kind:          ledger.ProjectDeployToken,
-		Owner:         "42",
-		OwnerPath:     "platform/lib",
-		Scopes:        []string{"read_repository", "read_registry"},
-		Resource:      "https://gitlab.example.com/platform/lib.git",
-		Rule:          "app-reads-libs",
-		Subject:       "project_path:platform/app:ref_type:branch:ref:main",
-		ProjectID:     "7",
-		PipelineID:    "1001",
-		JobID:         "5005",
-		TokenJTI:      "8f5c7f4e-0d0b-4d43-9b7a-" + id,
-		CreatedAt:     created,
-		ExpiresAt:     created.Add(time.Hour),
-		NextAttemptAt: due,
+		ID:         id,
+		State:      ledger.Pending,
+		Kind:       ledger.ProjectDeployToken,
+		Owner:      "42",
+		OwnerPath:  "platform/lib",
+		Scopes:     []string{"read_repository", "read_registry"},
+		Resource:   "https://gitlab.example.com/platform/lib.git",
+		Rule:       "app-reads-libs",
+		Subject:    "project_path:platform/app:ref_type:branch:ref:main",
+		ProjectID:  "7",
+		PipelineID: "1001",
+		JobID:      "5005",
+		TokenJTI:   "8f5c7f4e-0d0b-4d43-9b7a-" + id,
+		// The requesting job's ID token outlives the credential.
+		TokenExpiresAt: created.Add(2 * time.Hour),
+		ReuseKey:       "grant-platform-app-lib",
+		CreatedAt:      created,
+		ExpiresAt:      created.Add(time.Hour),
+		NextAttemptAt:  due,
 	}
 }
 
@@ -206,6 +218,9 @@ func checkRecord(t *testing.T, got, want ledger.Record) {
 		{"Username", got.Username, want.Username},
 		{"SecretSHA256", got.SecretSHA256, want.SecretSHA256},
 		{"LastError", got.LastError, want.LastError},
+		{"ReuseKey", got.ReuseKey, want.ReuseKey},
+		{"SecretKeyID", got.SecretKeyID, want.SecretKeyID},
+		{"SealedSecret", string(got.SealedSecret), string(want.SealedSecret)},
 	} {
 		if f.got != f.want {
 			t.Errorf("%s = %q, want %q", f.name, f.got, f.want)
@@ -224,6 +239,7 @@ func checkRecord(t *testing.T, got, want ledger.Record) {
 	checkTime(t, "ExpiresAt", got.ExpiresAt, want.ExpiresAt)
 	checkTime(t, "NextAttemptAt", got.NextAttemptAt, want.NextAttemptAt)
 	checkTime(t, "RevokedAt", got.RevokedAt, want.RevokedAt)
+	checkTime(t, "TokenExpiresAt", got.TokenExpiresAt, want.TokenExpiresAt)
 }
 
 func ids(rs []ledger.Record) []string {
@@ -331,6 +347,9 @@ func testCreateIntentRefusesBadInput(t *testing.T, s ledger.Store) {
 		{"raw secret as fingerprint", func(r *ledger.Record) { r.SecretSHA256 = "gldt-abcdefghijklmnopqrst" }},
 		{"short fingerprint", func(r *ledger.Record) { r.SecretSHA256 = Fingerprint("x")[:40] }},
 		{"negative attempts", func(r *ledger.Record) { r.Attempts = -1 }},
+		{"sealed secret", func(r *ledger.Record) { r.SecretKeyID, r.SealedSecret = "k1", []byte("sealed") }},
+		{"sealed secret without key id", func(r *ledger.Record) { r.SealedSecret = []byte("sealed") }},
+		{"key id without sealed secret", func(r *ledger.Record) { r.SecretKeyID = "k1" }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
