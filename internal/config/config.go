@@ -70,10 +70,13 @@ type IDToken struct {
 	Leeway     Duration `yaml:"leeway"`     // default 60s, at most 60s
 }
 
-// RateLimit bounds requests per client (a Unix peer's uid or a TCP peer's IP).
+// RateLimit sizes the daemon's limits. Before an ID token is verified only
+// failures count: PerSecond and Burst are the failed requests a peer (a Unix
+// socket's uid, a TCP client's IP) may make before its further failures are
+// answered 429; its valid requests are never refused for them.
 type RateLimit struct {
-	PerSecond float64 `yaml:"per_second"` // default 20
-	Burst     int     `yaml:"burst"`      // default 40
+	PerSecond float64 `yaml:"per_second"` // failed requests per peer a second; default 10
+	Burst     int     `yaml:"burst"`      // default 100
 }
 
 // Duration is a time.Duration written as "90s", "1h".
@@ -265,10 +268,10 @@ func (c *Config) defaults() {
 		c.IDToken.Leeway = Duration(60 * time.Second)
 	}
 	if c.RateLimit.PerSecond == 0 {
-		c.RateLimit.PerSecond = 20
+		c.RateLimit.PerSecond = 10
 	}
 	if c.RateLimit.Burst == 0 {
-		c.RateLimit.Burst = 40
+		c.RateLimit.Burst = 100
 	}
 }
 

@@ -132,7 +132,8 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		Service: svc,
 		Ready:   d.ready,
 		Metrics: m.Handler(),
-		Limiter: httpapi.NewClientLimiter(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst),
+		Guard:   httpapi.NewFailureGuard(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst, 0),
+		Limited: m.Limited,
 		Logger:  log,
 	})
 	tlsFiles := &httpapi.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}

@@ -29,11 +29,6 @@ type Exchanger interface {
 	Revoke(ctx context.Context, requestID, token, peer string) error
 }
 
-// Limiter admits or refuses one request from a client (by peer identity).
-type Limiter interface {
-	Allow(client string) (ok bool, retryAfter time.Duration)
-}
-
 // Options configures Handler.
 type Options struct {
 	Service Exchanger
@@ -41,7 +36,11 @@ type Options struct {
 	// store reachable); nil means always ready.
 	Ready   func(ctx context.Context) error
 	Metrics http.Handler // served at /metrics when set
-	Limiter Limiter      // nil: no limit
+	// Guard counts each peer's failed requests (see FailureGuard); nil: no guard.
+	Guard Guard
+	// Limited, when set, is told the reason of every 429 answered (a
+	// Reason* constant, or the service's own reason); /metrics counts them.
+	Limited func(reason string)
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -87,6 +86,9 @@ func Handler(o Options) http.Handler {
 		mux.Handle("GET /metrics", o.Metrics)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if a.Guard != nil {
+			a.Guard.Failed(peerOf(r))
+		}
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})
 	return a.withRequestID(mux)
@@ -140,48 +142,46 @@ type tokenResponse struct {
 func (a *api) token(w http.ResponseWriter, r *http.Request) {
 	noStore(w)
 	peer := peerOf(r)
-	if !a.admit(w, r) {
-		return
-	}
+	g := a.guarded(peer)
 	form, err := readForm(w, r)
 	if err != nil {
-		writeError(w, r, a.Logger, err)
+		a.fail(w, r, g, err)
 		return
 	}
 	if gt := form.Get("grant_type"); gt != grantTypeTokenExchange {
 		if gt == "" {
-			writeError(w, r, a.Logger, invalidRequest("grant_type is required (%s)", grantTypeTokenExchange))
+			a.fail(w, r, g, invalidRequest("grant_type is required (%s)", grantTypeTokenExchange))
 			return
 		}
-		writeError(w, r, a.Logger, &exchange.Error{Code: "unsupported_grant_type", Description: "only " + grantTypeTokenExchange + " is supported"})
+		a.fail(w, r, g, &exchange.Error{Code: "unsupported_grant_type", Description: "only " + grantTypeTokenExchange + " is supported"})
 		return
 	}
 	switch form.Get("subject_token_type") {
 	case tokenTypeJWT, tokenTypeIDToken:
 	case "":
-		writeError(w, r, a.Logger, invalidRequest("subject_token_type is required (%s)", tokenTypeJWT))
+		a.fail(w, r, g, invalidRequest("subject_token_type is required (%s)", tokenTypeJWT))
 		return
 	default:
-		writeError(w, r, a.Logger, invalidRequest("subject_token_type must be %s or %s", tokenTypeJWT, tokenTypeIDToken))
+		a.fail(w, r, g, invalidRequest("subject_token_type must be %s or %s", tokenTypeJWT, tokenTypeIDToken))
 		return
 	}
 	if form.Get("subject_token") == "" {
-		writeError(w, r, a.Logger, invalidRequest("subject_token is required: the job's GitLab ID token"))
+		a.fail(w, r, g, invalidRequest("subject_token is required: the job's GitLab ID token"))
 		return
 	}
 	for _, p := range []string{"actor_token", "actor_token_type", "audience"} {
 		if form.Has(p) {
-			writeError(w, r, a.Logger, invalidRequest("%s is not supported", p))
+			a.fail(w, r, g, invalidRequest("%s is not supported", p))
 			return
 		}
 	}
 	if rt := form.Get("requested_token_type"); rt != "" && rt != tokenTypeAccessToken {
-		writeError(w, r, a.Logger, invalidRequest("requested_token_type must be %s", tokenTypeAccessToken))
+		a.fail(w, r, g, invalidRequest("requested_token_type must be %s", tokenTypeAccessToken))
 		return
 	}
 	scopes := strings.Fields(form.Get("scope"))
 	if len(scopes) > maxScopes {
-		writeError(w, r, a.Logger, &exchange.Error{Code: exchange.CodeInvalidScope, Description: "too many scopes"})
+		a.fail(w, r, g, &exchange.Error{Code: exchange.CodeInvalidScope, Description: "too many scopes"})
 		return
 	}
 	iss, err := a.Service.Exchange(r.Context(), exchange.Request{
@@ -192,7 +192,7 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 		Peer:         peer,
 	})
 	if err != nil {
-		writeError(w, r, a.Logger, err)
+		a.fail(w, r, g, err)
 		return
 	}
 	expiresIn := int64(iss.ExpiresAt.Sub(a.Now()) / time.Second)
@@ -208,17 +208,15 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 	noStore(w)
-	if !a.admit(w, r) {
-		return
-	}
+	g := a.guarded(peerOf(r))
 	form, err := readForm(w, r)
 	if err != nil {
-		writeError(w, r, a.Logger, err)
+		a.fail(w, r, g, err)
 		return
 	}
 	tok := form.Get("token")
 	if tok == "" {
-		writeError(w, r, a.Logger, invalidRequest("token is required"))
+		a.fail(w, r, g, invalidRequest("token is required"))
 		return
 	}
 	if h := form.Get("token_type_hint"); h != "" && h != "access_token" {
@@ -226,23 +224,67 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 		a.Logger.Debug("ignoring token_type_hint", "hint", truncate(h, 40))
 	}
 	if err := a.Service.Revoke(r.Context(), requestID(r), tok, peerOf(r)); err != nil {
-		writeError(w, r, a.Logger, err)
+		a.fail(w, r, g, err)
 		return
 	}
 	w.WriteHeader(http.StatusOK)
 }
 
-// admit applies the per-client rate limit; a refused request has its 429.
-func (a *api) admit(w http.ResponseWriter, r *http.Request) bool {
-	if a.Limiter == nil {
+// guardState is what the failure guard said of a request's peer before the
+// request was handled.
+type guardState struct {
+	peer       string
+	exhausted  bool
+	retryAfter time.Duration
+}
+
+func (a *api) guarded(peer string) guardState {
+	g := guardState{peer: peer}
+	if a.Guard != nil {
+		g.exhausted, g.retryAfter = a.Guard.Exhausted(peer)
+	}
+	return g
+}
+
+// countsAsFailure: the errors the guard counts are those a request earns
+// before or at verification: malformed requests and refused ID tokens. A
+// verified job denied by the policy is not garbage; the quotas after
+// verification are keyed by what its token proves.
+func countsAsFailure(code string) bool {
+	switch code {
+	case exchange.CodeInvalidRequest, "unsupported_grant_type", exchange.CodeInvalidGrant:
 		return true
 	}
-	if ok, after := a.Limiter.Allow(peerOf(r)); !ok {
-		writeError(w, r, a.Logger, &exchange.Error{Code: exchange.CodeRateLimited, Description: "too many requests from this client; slow down", RetryAfter: after})
-		return false
-	}
-	return true
+	return false
 }
+
+// fail answers err. A failure the guard counts is recorded; when the peer
+// had already spent its failure budget, the answer becomes 429 with
+// Retry-After, still saying what was wrong with this request.
+func (a *api) fail(w http.ResponseWriter, r *http.Request, g guardState, err error) {
+	var e *exchange.Error
+	if a.Guard != nil && errors.As(err, &e) && countsAsFailure(e.Code) {
+		a.Guard.Failed(g.peer)
+		if g.exhausted {
+			err = &limitError{reason: ReasonPeerFailures, err: &exchange.Error{
+				Code:        exchange.CodeRateLimited,
+				Description: "too many failed requests from this client (" + guardKey(g.peer) + "); slow down. This one failed too: " + e.Description,
+				RetryAfter:  max(g.retryAfter, time.Second),
+			}}
+		}
+	}
+	writeError(w, r, a.Logger, err, a.Limited)
+}
+
+// limitError carries the reason of a 429 the HTTP layer decided itself.
+type limitError struct {
+	reason string
+	err    *exchange.Error
+}
+
+func (e *limitError) Error() string       { return e.err.Error() }
+func (e *limitError) Unwrap() error       { return e.err }
+func (e *limitError) LimitReason() string { return e.reason }
 
 // readForm reads an application/x-www-form-urlencoded body the way RFC 6749
 // asks: parameters only in the body, each at most once, bounded in size.
@@ -276,7 +318,7 @@ func invalidRequest(format string, args ...any) *exchange.Error {
 
 // writeError is the one place that maps errors to HTTP. The client learns
 // which check failed and the request id; the log gets the detail.
-func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error, limited func(reason string)) {
 	var e *exchange.Error
 	if !errors.As(err, &e) {
 		e = &exchange.Error{Code: exchange.CodeServerError, Description: "internal error; the daemon's log has the details"}
@@ -293,6 +335,17 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
+	}
+	if status == http.StatusTooManyRequests {
+		reason := "service"
+		var lr interface{ LimitReason() string }
+		if errors.As(err, &lr) && lr.LimitReason() != "" {
+			reason = lr.LimitReason()
+		}
+		log.Debug("request limited", "request_id", requestID(r), "path", r.URL.Path, "reason", reason, "peer", peerOf(r), "retry_after", e.RetryAfter.String())
+		if limited != nil {
+			limited(reason)
+		}
 	}
 	if status >= 500 {
 		log.Error("request failed", "request_id", requestID(r), "path", r.URL.Path, "error", e.Code, "detail", e.Detail())

@@ -190,17 +190,6 @@ func TestRevoke(t *testing.T) {
 	}
 }
 
-func TestRateLimit(t *testing.T) {
-	h := Handler(Options{Service: &fakeService{}, Limiter: NewClientLimiter(1, 2)})
-	codes := []int{}
-	for range 4 {
-		codes = append(codes, post(t, h, "/v1/token", validForm().Encode(), nil).Code)
-	}
-	if codes[0] != 200 || codes[1] != 200 || codes[3] != 429 {
-		t.Fatalf("codes %v, want two admitted then 429", codes)
-	}
-}
-
 func TestHealthReadyAndUnknown(t *testing.T) {
 	ready := errors.New("keys not loaded")
 	h := Handler(Options{Service: &fakeService{}, Ready: func(context.Context) error { return ready }})

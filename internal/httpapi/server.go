@@ -12,12 +12,9 @@ import (
 	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // TLSFiles names the PEM files for TCP listeners.
@@ -288,46 +285,4 @@ func peerOf(r *http.Request) string {
 		return p
 	}
 	return r.RemoteAddr
-}
-
-// ClientLimiter is a token bucket per client (a Unix peer's uid, a TCP peer's
-// IP), bounded in how many clients it remembers.
-type ClientLimiter struct {
-	mu      sync.Mutex
-	rate    rate.Limit
-	burst   int
-	clients map[string]*rate.Limiter
-}
-
-// NewClientLimiter allows each client perSecond requests with the given burst.
-func NewClientLimiter(perSecond float64, burst int) *ClientLimiter {
-	return &ClientLimiter{rate: rate.Limit(perSecond), burst: burst, clients: map[string]*rate.Limiter{}}
-}
-
-const maxLimiterClients = 10000
-
-// Allow implements Limiter.
-func (l *ClientLimiter) Allow(peer string) (bool, time.Duration) {
-	client := peer
-	if strings.HasPrefix(peer, "uid=") {
-		client, _, _ = strings.Cut(peer, " ")
-	} else if host, _, err := net.SplitHostPort(strings.Fields(peer + " ")[0]); err == nil {
-		client = host
-	}
-	l.mu.Lock()
-	lim, ok := l.clients[client]
-	if !ok {
-		if len(l.clients) >= maxLimiterClients {
-			clear(l.clients)
-		}
-		lim = rate.NewLimiter(l.rate, l.burst)
-		l.clients[client] = lim
-	}
-	l.mu.Unlock()
-	res := lim.Reserve()
-	if d := res.Delay(); d > 0 {
-		res.Cancel()
-		return false, d
-	}
-	return true, 0
 }

@@ -26,6 +26,7 @@ type Metrics struct {
 	mints       *prometheus.CounterVec
 	revocations *prometheus.CounterVec
 	gitlabCalls *prometheus.CounterVec
+	limited     *prometheus.CounterVec
 }
 
 // Sources are read at scrape time.
@@ -55,7 +56,10 @@ func New(src Sources) *Metrics {
 	m.gitlabCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_gitlab_requests_total", Help: "Calls to GitLab's API by route template and HTTP status (0: no answer).",
 	}, []string{"route", "status"})
-	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls,
+	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gltoken_rate_limited_total", Help: "Requests answered 429, by reason (peer_failures, job_mints, project_mints, gitlab_budget, gitlab, …).",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.LiveTokens != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -112,6 +116,9 @@ func (m *Metrics) Minted(kind ledger.Kind) { m.mints.WithLabelValues(string(kind
 func (m *Metrics) Revoked(kind ledger.Kind, outcome string) {
 	m.revocations.WithLabelValues(string(kind), outcome).Inc()
 }
+
+// Limited counts one request answered 429 for reason.
+func (m *Metrics) Limited(reason string) { m.limited.WithLabelValues(reason).Inc() }
 
 // GitLabResponse counts one call to GitLab; route is a template, never an id.
 func (m *Metrics) GitLabResponse(method, route string, status int) {

@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const fleetPolicy = `
+rules:
+  - name: app-reads-libs
+    match:
+      project_path: platform/app
+      ref_protected: "true"
+    allow:
+      projects: [platform/lib, "platform/libs/*"]
+      scopes: [read_repository]
+      ttl: 1h
+`
+
+// TestRunnerHostDefaults: one runner host, the shipped default limits, 100
+// concurrent jobs of one project each asking for 5 repositories at once over
+// one Unix socket (one uid), while one more job on the same host sends
+// garbage: not one valid request is answered 429, and asking again is served
+// from the cache. Counts, not times.
+func TestRunnerHostDefaults(t *testing.T) {
+	w := newWorld(t)
+	repos := []string{"platform/lib"}
+	for i := 1; i <= 4; i++ {
+		p := fmt.Sprintf("platform/libs/l%d", i)
+		w.gl.AddProject(p)
+		repos = append(repos, p)
+	}
+	d := w.startDaemon(t, daemonOpts{policy: fleetPolicy})
+	const jobs = 100
+	tokens := make([]string, jobs)
+	for i := range tokens {
+		tokens[i] = w.job("main", true)
+	}
+	hc := d.httpClient()
+	hc.Transport.(*http.Transport).MaxIdleConnsPerHost = jobs * len(repos)
+
+	exchange := func(tok, repo string) int {
+		form := url.Values{
+			"grant_type":         {"urn:ietf:params:oauth:grant-type:token-exchange"},
+			"subject_token":      {tok},
+			"subject_token_type": {"urn:ietf:params:oauth:token-type:jwt"},
+			"resource":           {w.gl.URL() + "/" + repo + ".git"},
+			"scope":              {"read_repository"},
+		}
+		resp, err := hc.PostForm(d.base()+"/v1/token", form)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	wave := func(garbage int) (valid, bad map[int]int) {
+		valid, bad = map[int]int{}, map[int]int{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for _, tok := range tokens {
+			for _, repo := range repos {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					c := exchange(tok, repo)
+					mu.Lock()
+					valid[c]++
+					mu.Unlock()
+				}()
+			}
+		}
+		for i := range garbage {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				c := exchange(fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.garbage%d.x", i), repos[0])
+				mu.Lock()
+				bad[c]++
+				mu.Unlock()
+			}()
+		}
+		close(start)
+		wg.Wait()
+		return valid, bad
+	}
+
+	valid, bad := wave(300)
+	if valid[200] != jobs*len(repos) {
+		t.Fatalf("first wave: statuses %v of %d valid requests, want all 200 (garbage got %v)", valid, jobs*len(repos), bad)
+	}
+	if bad[200] != 0 || bad[400]+bad[429] != 300 {
+		t.Fatalf("garbage got %v, want only 400 or 429", bad)
+	}
+	creates := countCreates(w)
+	if creates == 0 || creates > jobs*len(repos) {
+		t.Fatalf("%d deploy tokens created for %d requests", creates, jobs*len(repos))
+	}
+	valid, _ = wave(0)
+	if valid[200] != jobs*len(repos) {
+		t.Fatalf("second wave (cached): statuses %v, want all 200", valid)
+	}
+	if again := countCreates(w); again != creates {
+		t.Fatalf("the cached wave created %d more tokens", again-creates)
+	}
+	metrics := d.metrics(t)
+	for _, reason := range []string{"job_mints", "project_mints", "gitlab", "gitlab_budget", "service"} {
+		if strings.Contains(metrics, `gltoken_rate_limited_total{reason="`+reason+`"}`) {
+			t.Errorf("valid requests were limited: %s", grepLines(metrics, "gltoken_rate_limited_total"))
+		}
+	}
+	t.Logf("%d requests, %d deploy tokens created, garbage: %v; %s", 2*jobs*len(repos), creates, bad, grepLines(metrics, "gltoken_rate_limited_total"))
+}
+
+func countCreates(w *world) int {
+	n := 0
+	for _, r := range w.gl.Requests() {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.Path, "/deploy_tokens") && r.Status == http.StatusCreated {
+			n++
+		}
+	}
+	return n
+}
+
+// metrics scrapes /metrics.
+func (d *daemon) metrics(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := d.httpClient().Get(d.base() + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return string(b)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
