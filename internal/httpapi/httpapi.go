@@ -18,7 +18,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"gltoken.dev/gltoken/internal/exchange"
 )
@@ -57,6 +60,52 @@ const (
 
 type api struct {
 	Options
+	readiness cachedCheck
+}
+
+// readyTTL is how long /readyz answers from its last successful check of the
+// keys and the store, failTTL from a failed one (shorter, so that a daemon
+// becomes ready soon after its store or keys do): a flood of probes costs the
+// store at most one ping per failTTL, and only one at a time.
+const (
+	readyTTL = time.Second
+	failTTL  = 100 * time.Millisecond
+)
+
+// cachedCheck runs a check at most once per ttl, sharing one run among
+// concurrent callers.
+type cachedCheck struct {
+	mu      sync.Mutex
+	at      time.Time
+	err     error
+	done    bool
+	flight  singleflight.Group
+	checker func(ctx context.Context) error
+}
+
+func (c *cachedCheck) check(ctx context.Context, now time.Time) error {
+	c.mu.Lock()
+	ttl := readyTTL
+	if c.err != nil {
+		ttl = failTTL
+	}
+	if c.done && now.Sub(c.at) < ttl && !now.Before(c.at) {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.mu.Unlock()
+	_, err, _ := c.flight.Do("", func() (any, error) {
+		// The check outlives a caller that hangs up: others share it.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		defer cancel()
+		err := c.checker(cctx)
+		c.mu.Lock()
+		c.at, c.err, c.done = now, err, true
+		c.mu.Unlock()
+		return nil, err
+	})
+	return err
 }
 
 // Handler returns the API's routes.
@@ -67,7 +116,8 @@ func Handler(o Options) http.Handler {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	a := &api{o}
+	a := &api{Options: o}
+	a.readiness.checker = o.Ready
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/token", a.token)
 	mux.HandleFunc("POST /v1/revoke", a.revoke)
@@ -116,9 +166,7 @@ func requestID(r *http.Request) string {
 func (a *api) ready(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if a.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		if err := a.Ready(ctx); err != nil {
+		if err := a.readiness.check(r.Context(), a.Now()); err != nil {
 			// The reason goes to the log: a store's error can name its host,
 			// user and database, which is not for any caller to read.
 			a.Logger.Warn("not ready", "error", err.Error())

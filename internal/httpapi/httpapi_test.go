@@ -192,7 +192,8 @@ func TestRevoke(t *testing.T) {
 
 func TestHealthReadyAndUnknown(t *testing.T) {
 	ready := errors.New("keys not loaded")
-	h := Handler(Options{Service: &fakeService{}, Ready: func(context.Context) error { return ready }})
+	at := now
+	h := Handler(Options{Service: &fakeService{}, Ready: func(context.Context) error { return ready }, Now: func() time.Time { return at }})
 	get := func(path string) *httptest.ResponseRecorder {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
@@ -205,6 +206,10 @@ func TestHealthReadyAndUnknown(t *testing.T) {
 		t.Fatalf("readyz %d %s", w.Code, w.Body)
 	}
 	ready = nil
+	if w := get("/readyz"); w.Code != 503 {
+		t.Fatalf("readyz %d within the failure's TTL", w.Code)
+	}
+	at = at.Add(failTTL)
 	if w := get("/readyz"); w.Code != 200 {
 		t.Fatalf("readyz %d", w.Code)
 	}

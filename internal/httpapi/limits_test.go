@@ -3,7 +3,9 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -159,4 +161,55 @@ func equalInts(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// TestReadyzCannotLoadTheStore: however many probes arrive, the store is
+// pinged at most once per readyTTL (failures are remembered as long).
+func TestReadyzCannotLoadTheStore(t *testing.T) {
+	var mu sync.Mutex
+	calls := 0
+	var fail error
+	at := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	h := Handler(Options{Service: &fakeService{}, Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return at },
+		Ready: func(context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			time.Sleep(time.Millisecond)
+			return fail
+		}})
+	probe := func() int {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		return w.Code
+	}
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Add(1)
+		go func() { defer wg.Done(); probe() }()
+	}
+	wg.Wait()
+	if calls != 1 {
+		t.Fatalf("200 probes pinged the store %d times, want 1", calls)
+	}
+	mu.Lock()
+	at, fail = at.Add(readyTTL), errors.New("store down")
+	mu.Unlock()
+	for range 50 {
+		if c := probe(); c != 503 {
+			t.Fatalf("readyz %d with the store down", c)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("after the TTL: %d pings, want 2", calls)
+	}
+	mu.Lock()
+	at = at.Add(failTTL)
+	mu.Unlock()
+	for range 50 {
+		probe()
+	}
+	if calls != 3 {
+		t.Fatalf("a failure is remembered for %s: %d pings, want 3", failTTL, calls)
+	}
 }

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/singleflight"
 
 	"gltoken.dev/gltoken/internal/ledger"
 )
@@ -31,11 +33,20 @@ type Metrics struct {
 
 // Sources are read at scrape time.
 type Sources struct {
+	// LiveTokens counts in the ledger. A scrape reads it at most once per
+	// CountTTL (concurrent scrapes share one read), so /metrics cannot be
+	// used to load the store.
 	LiveTokens    func(ctx context.Context) (int, error)
 	JWKSRefreshes func() (ok, failed uint64)
 	PolicyRules   func() int
 	PolicyReloads func() (ok, failed uint64)
+
+	CountTTL time.Duration    // default DefaultCountTTL
+	Now      func() time.Time // default time.Now
 }
+
+// DefaultCountTTL is how long a ledger count is reused by scrapes.
+const DefaultCountTTL = 10 * time.Second
 
 // New registers every collector.
 func New(src Sources) *Metrics {
@@ -62,17 +73,16 @@ func New(src Sources) *Metrics {
 	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.LiveTokens != nil {
+		live := &cachedCount{count: src.LiveTokens, ttl: src.CountTTL, now: src.Now}
+		if live.ttl <= 0 {
+			live.ttl = DefaultCountTTL
+		}
+		if live.now == nil {
+			live.now = time.Now
+		}
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "gltoken_live_tokens", Help: "Credentials minted and not yet revoked, per the ledger (-1: ledger unreachable).",
-		}, func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			n, err := src.LiveTokens(ctx)
-			if err != nil {
-				return -1
-			}
-			return float64(n)
-		}))
+			Name: "gltoken_live_tokens", Help: "Credentials minted and not yet revoked, per the ledger, read at most every 10s (-1: ledger unreachable).",
+		}, live.get))
 	}
 	if src.JWKSRefreshes != nil {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -96,6 +106,43 @@ func New(src Sources) *Metrics {
 		}, func() float64 { _, failed := src.PolicyReloads(); return float64(failed) }))
 	}
 	return m
+}
+
+// cachedCount reads a ledger count at most once per ttl; concurrent
+// scrapes share one read.
+type cachedCount struct {
+	count  func(ctx context.Context) (int, error)
+	ttl    time.Duration
+	now    func() time.Time
+	flight singleflight.Group
+	mu     sync.Mutex
+	at     time.Time
+	value  float64
+	read   bool
+}
+
+func (c *cachedCount) get() float64 {
+	now := c.now()
+	c.mu.Lock()
+	if c.read && now.Sub(c.at) < c.ttl && !now.Before(c.at) {
+		v := c.value
+		c.mu.Unlock()
+		return v
+	}
+	c.mu.Unlock()
+	v, _, _ := c.flight.Do("", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		v := -1.0
+		if n, err := c.count(ctx); err == nil {
+			v = float64(n)
+		}
+		c.mu.Lock()
+		c.at, c.value, c.read = now, v, true
+		c.mu.Unlock()
+		return v, nil
+	})
+	return v.(float64)
 }
 
 // Handler serves the registry in Prometheus' text format.
