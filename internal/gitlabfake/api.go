@@ -726,8 +726,8 @@ func (s *Server) handleCreateAccessToken(w http.ResponseWriter, r *http.Request,
 	}
 	today := dateUTC(s.now())
 	if expiresAt == nil {
-		// require_personal_access_token_expiry (on by default): 365 days from now.
-		d := dateUTC(s.now().AddDate(0, 0, maxTokenLifetimeDays))
+		// require_personal_access_token_expiry (on by default): the maximum lifetime from now.
+		d := dateUTC(s.now().AddDate(0, 0, s.maxLifetimeDays()))
 		expiresAt = &d
 	}
 	var errs []string
@@ -737,7 +737,7 @@ func (s *Server) handleCreateAccessToken(w http.ResponseWriter, r *http.Request,
 	if len(scopes) == 0 {
 		errs = append(errs, "Scopes can't be blank")
 	}
-	if maxDate := today.AddDate(0, 0, maxTokenLifetimeDays); expiresAt.After(maxDate) {
+	if maxDate := today.AddDate(0, 0, s.maxLifetimeDays()); expiresAt.After(maxDate) {
 		errs = append(errs, "Expires at must be before "+maxDate.Format("2006-01-02"))
 	}
 	if len(errs) > 0 {
@@ -763,9 +763,23 @@ func (s *Server) handleCreateAccessToken(w http.ResponseWriter, r *http.Request,
 	writeJSON(w, http.StatusCreated, s.accessTokenJSON(t, secret))
 }
 
+// handleRotateAccessToken is POST /:kind/:id/access_tokens/:token_id/rotate
+// (API::ResourceAccessTokens, api scope, by someone who may manage the
+// resource's access tokens) and POST /:kind/:id/access_tokens/self/rotate
+// (API::ResourceAccessTokens::SelfRotation, 16.10+): authenticated by the
+// access token itself, which needs the api or self_rotate scope.
 func (s *Server) handleRotateAccessToken(w http.ResponseWriter, r *http.Request, p params, kind string) {
-	c := s.authenticateAPI(w, r, scopeRotate)
+	self := p["token_id"] == "self"
+	rule := scopeAPI
+	if self {
+		rule = scopeRotate
+	}
+	c := s.authenticateAPI(w, r, rule)
 	if c == nil {
+		return
+	}
+	if self {
+		s.handleSelfRotateAccessToken(w, r, p, kind, c)
 		return
 	}
 	expiresAt, ok := readRotateExpiry(w, r)
@@ -779,10 +793,7 @@ func (s *Server) handleRotateAccessToken(w http.ResponseWriter, r *http.Request,
 		return
 	}
 	var t *token
-	self := p["token_id"] == "self" && c.tok.Kind == accessKind(kind) && c.tok.OwnerPath == src.path()
 	switch {
-	case self:
-		t = c.tok
 	case s.canManageAccessTokensLocked(c.user, src):
 		t = s.findAccessTokenLocked(src, p["token_id"])
 	case c.user.Bot && c.tok.Kind == accessKind(kind) && c.tok.OwnerPath == src.path() &&
@@ -803,10 +814,41 @@ func (s *Server) handleRotateAccessToken(w http.ResponseWriter, r *http.Request,
 		return
 	}
 	if t != c.tok && s.memberLevelLocked(c.user, src) < t.AccessLevel && !c.user.Admin {
-		writeMessage(w, http.StatusBadRequest, "Not eligible to rotate tokens with permissions not held by the user")
+		writeMessage(w, http.StatusBadRequest, "Not eligible to rotate token with access level higher than the user")
 		return
 	}
 	newSecret, nt, msg := s.rotateLocked(t, expiresAt)
+	if nt == nil {
+		writeMessage(w, http.StatusBadRequest, msg)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.accessTokenJSON(nt, newSecret))
+}
+
+// handleSelfRotateAccessToken: 405 unless the caller is a bot authenticated
+// by an access token (not_allowed!), 404 when the resource is invisible to it,
+// 401 when the token is not one of the resource's; then
+// PersonalAccessTokens::RotateService on the caller's own token.
+func (s *Server) handleSelfRotateAccessToken(w http.ResponseWriter, r *http.Request, p params, kind string, c *apiCaller) {
+	if !c.user.Bot || c.tok.Kind == KindPersonal {
+		writeMessage(w, http.StatusMethodNotAllowed, "405 Method Not Allowed")
+		return
+	}
+	expiresAt, ok := readRotateExpiry(w, r)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	src, ok := s.findSourceLocked(w, kind, p["id"], c.user)
+	if !ok {
+		return
+	}
+	if c.tok.Kind != accessKind(kind) || c.tok.OwnerPath != src.path() {
+		writeMessage(w, http.StatusUnauthorized, "401 Unauthorized")
+		return
+	}
+	newSecret, nt, msg := s.rotateLocked(c.tok, expiresAt)
 	if nt == nil {
 		writeMessage(w, http.StatusBadRequest, msg)
 		return
@@ -821,7 +863,7 @@ func (s *Server) rotateLocked(t *token, expiresAt *time.Time) (string, *token, s
 		d := dateUTC(s.now().AddDate(0, 0, 7))
 		expiresAt = &d
 	}
-	if maxDate := dateUTC(s.now()).AddDate(0, 0, maxTokenLifetimeDays); expiresAt.After(maxDate) {
+	if maxDate := dateUTC(s.now()).AddDate(0, 0, s.maxLifetimeDays()); expiresAt.After(maxDate) {
 		return "", nil, "Expires at must be before " + maxDate.Format("2006-01-02")
 	}
 	t.Revoked = true

@@ -45,6 +45,9 @@ type Options struct {
 	Now func() time.Time
 	// RepoRoot is where bare repositories live. Default: a temporary directory removed on Close.
 	RepoRoot string
+	// BufferedTokenExpirationLimit is GitLab's buffered_token_expiration_limit
+	// feature flag: access tokens may then live 400 days instead of 365.
+	BufferedTokenExpirationLimit bool
 	// Logf, when set, receives one line per request (method, escaped path, status). Never secrets.
 	Logf func(format string, args ...any)
 }

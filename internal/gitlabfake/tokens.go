@@ -57,7 +57,19 @@ var (
 	personalScopes = append([]string{"read_user", "read_service_ping", "sudo", "admin_mode"}, resourceBotScopes...)
 )
 
-const maxTokenLifetimeDays = 365
+// maxTokenLifetimeDays is ApplicationSetting#max_auth_lifetime: 365 days,
+// 400 with the buffered_token_expiration_limit feature flag (17.6+).
+const (
+	maxTokenLifetimeDays         = 365
+	bufferedMaxTokenLifetimeDays = 400
+)
+
+func (s *Server) maxLifetimeDays() int {
+	if s.opts.BufferedTokenExpirationLimit {
+		return bufferedMaxTokenLifetimeDays
+	}
+	return maxTokenLifetimeDays
+}
 
 func isPAT(kind string) bool {
 	return kind == KindPersonal || kind == KindProjectAccess || kind == KindGroupAccess
