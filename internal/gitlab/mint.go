@@ -327,8 +327,10 @@ func deployTokenActive(t *gl.DeployToken, now time.Time) bool {
 	return t.ExpiresAt == nil || t.ExpiresAt.IsZero() || !t.ExpiresAt.Before(now)
 }
 
-// Revoke deletes a deploy token or revokes an access token. A token (or owner)
-// that is already gone, or an access token already revoked, is not an error.
+// Revoke deletes a deploy token or revokes an access token. A token that is
+// already gone, or an access token already revoked, is not an error. A 404
+// counts as gone only when the owner is still visible to the service account;
+// otherwise the error wraps ErrRevokeUnconfirmed.
 func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 	if !knownKind(ref.Kind) {
 		return fmt.Errorf("revoke token: %w: unknown credential kind %q", exchange.ErrRejected, ref.Kind)
@@ -357,6 +359,11 @@ func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 		c.log.DebugContext(ctx, "gitlab token revoked", "kind", string(ref.Kind), "owner", owner, "gitlab_id", ref.GitLabID)
 		return nil
 	case status(resp) == http.StatusNotFound:
+		// GitLab also answers 404 when the owner is no longer visible to the
+		// service account, and the token then still works: confirm.
+		if cerr := c.confirmGone(ctx, op, ref.Kind, owner); cerr != nil {
+			return cerr
+		}
 		c.log.DebugContext(ctx, "gitlab token already gone", "kind", string(ref.Kind), "owner", owner, "gitlab_id", ref.GitLabID)
 		return nil
 	case status(resp) == http.StatusBadRequest && isAccessToken(ref.Kind):

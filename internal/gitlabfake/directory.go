@@ -161,6 +161,19 @@ func (s *Server) AddMember(u *User, fullPath string, accessLevel int) {
 	s.setMemberLocked(key, u.ID, accessLevel)
 }
 
+// RemoveMember takes u's direct membership of the project or group at path
+// away (inherited memberships stay), as an owner would in the UI.
+func (s *Server) RemoveMember(u *User, fullPath string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fullPath = strings.Trim(fullPath, "/")
+	if p, ok := s.projectsByPath[fullPath]; ok {
+		delete(s.members[projectKey(p.ID)], u.ID)
+	} else if g, ok := s.groupsByPath[fullPath]; ok {
+		delete(s.members[groupKey(g.ID)], u.ID)
+	}
+}
+
 func (s *Server) setMemberLocked(key string, userID int64, level int) {
 	m := s.members[key]
 	if m == nil {

@@ -1,0 +1,218 @@
+package gitlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	gl "gitlab.com/gitlab-org/api/client-go"
+
+	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// ManagedNamePrefix starts the name of every token gltoken mints
+// ("gltoken-" + ledger id). GitLab keeps a token's name when it is rotated,
+// so a successor made by self-rotation carries its ledger id too.
+const ManagedNamePrefix = "gltoken-"
+
+// ErrRevokeUnconfirmed: GitLab answered 404 to a revoke (or a family
+// listing) and the owner is not visible to the service account either, so
+// nothing shows the token is gone: GitLab also answers 404 when the project
+// moved to a group the service account is not in, or its membership was
+// removed, and the token then works until its own expiry date. The record
+// must stay live and be retried. Errors wrapping it also wrap
+// exchange.ErrNotFound.
+var ErrRevokeUnconfirmed = errors.New("gitlab: revoke answered 404 but the owner is not visible: the token may still work")
+
+// AccessToken is one project or group access token as GitLab lists it.
+type AccessToken struct {
+	ID        int64
+	Name      string
+	UserID    int64 // the token's bot user
+	Active    bool
+	ExpiresAt time.Time // 00:00 of the expiry date (UTC as GitLab shows it); zero if none
+}
+
+// ListManagedAccessTokens lists the active access tokens gltoken minted on
+// owner (those named ManagedNamePrefix…), every page. It asks GitLab to
+// filter by state (17.2+; older versions ignore it) and, for groups, by name,
+// and filters again here.
+func (c *Client) ListManagedAccessTokens(ctx context.Context, kind ledger.Kind, owner string) ([]AccessToken, error) {
+	all, err := c.listAccessTokens(ctx, kind, owner, ManagedNamePrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, t := range all {
+		if strings.HasPrefix(t.Name, ManagedNamePrefix) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// listAccessTokens lists the active access tokens on owner whose name
+// contains search ("" for all).
+func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner, search string) ([]AccessToken, error) {
+	if !isAccessToken(kind) {
+		return nil, fmt.Errorf("list access tokens: %w: %s is not an access token kind", exchange.ErrRejected, kind)
+	}
+	owner = strings.Trim(owner, "/")
+	if owner == "" {
+		return nil, fmt.Errorf("list %ss: %w: empty owner", kindName(kind), exchange.ErrRejected)
+	}
+	op := fmt.Sprintf("list %ss on %s", kindName(kind), owner)
+	var out []AccessToken
+	add := func(t *gl.PersonalAccessToken) {
+		if t == nil || !t.Active || t.Revoked || !strings.Contains(t.Name, search) {
+			return
+		}
+		a := AccessToken{ID: t.ID, Name: t.Name, UserID: t.UserID, Active: true}
+		if t.ExpiresAt != nil {
+			a.ExpiresAt = time.Time(*t.ExpiresAt)
+		}
+		out = append(out, a)
+	}
+	page := int64(1)
+	for n := 0; ; n++ {
+		if n >= maxListPages {
+			return nil, fmt.Errorf("%s: more than %d pages of tokens", op, maxListPages)
+		}
+		lo := gl.ListOptions{PerPage: 100, Page: page}
+		state := "active"
+		var (
+			resp *gl.Response
+			err  error
+		)
+		if kind == ledger.ProjectAccessToken {
+			// client-go has no search option for project tokens: filtered below.
+			opts := &gl.ListProjectAccessTokensOptions{ListOptions: lo, State: &state}
+			var ts []*gl.ProjectAccessToken
+			ts, resp, err = c.gl.ProjectAccessTokens.ListProjectAccessTokens(owner, opts, reqOpts(ctx, http.MethodGet, routeProjectAccessTokens)...)
+			for _, t := range ts {
+				add(&t.PersonalAccessToken)
+			}
+		} else {
+			st := gl.AccessTokenState(state)
+			opts := &gl.ListGroupAccessTokensOptions{ListOptions: lo, State: &st}
+			if search != "" {
+				opts.Search = &search
+			}
+			var ts []*gl.GroupAccessToken
+			ts, resp, err = c.gl.GroupAccessTokens.ListGroupAccessTokens(owner, opts, reqOpts(ctx, http.MethodGet, routeGroupAccessTokens)...)
+			for _, t := range ts {
+				add(&t.PersonalAccessToken)
+			}
+		}
+		if err != nil {
+			if status(resp) == http.StatusNotFound {
+				return nil, c.unconfirmed(ctx, op, kind, owner)
+			}
+			return nil, c.mapError(op, roleNeeded(kind, owner), resp, err, false)
+		}
+		if resp == nil || resp.NextPage == 0 || resp.NextPage <= page {
+			return out, nil
+		}
+		page = resp.NextPage
+	}
+}
+
+// RevokeFamily ends ref and every active token of its family: for an access
+// token, every active access token on the same owner named name (a
+// self-rotation's successor has a new id and the same name and bot user) or,
+// while ref is still active, held by ref's bot user. Deploy tokens cannot be rotated; for them it is Revoke.
+// It reports how many tokens other than ref.GitLabID it revoked (successors
+// that escaped the ledger). An already revoked ref is not an error.
+func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef, name string) (int, error) {
+	if !isAccessToken(ref.Kind) {
+		return 0, c.Revoke(ctx, ref)
+	}
+	owner := strings.Trim(ref.Owner, "/")
+	if owner == "" || ref.GitLabID <= 0 || !strings.HasPrefix(name, ManagedNamePrefix) {
+		return 0, fmt.Errorf("revoke %s family: %w: empty owner, token id or name", kindName(ref.Kind), exchange.ErrRejected)
+	}
+	// One listing shows every live member; the common case (no rotation)
+	// costs it and the revoke.
+	active, err := c.listAccessTokens(ctx, ref.Kind, owner, "")
+	if err != nil {
+		return 0, fmt.Errorf("revoke family of %s %d: %w", kindName(ref.Kind), ref.GitLabID, err)
+	}
+	var bot int64
+	for _, t := range active {
+		if t.ID == ref.GitLabID {
+			bot = t.UserID
+		}
+	}
+	others := 0
+	var errs []error
+	for _, t := range active {
+		if t.ID != ref.GitLabID && t.Name != name && (bot == 0 || t.UserID != bot) {
+			continue
+		}
+		if err := c.Revoke(ctx, exchange.TokenRef{Kind: ref.Kind, Owner: owner, GitLabID: t.ID}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if t.ID != ref.GitLabID {
+			others++
+			c.log.WarnContext(ctx, "gitlab token of a credential's family revoked: it had rotated itself out of the ledger",
+				"kind", string(ref.Kind), "owner", owner, "gitlab_id", t.ID, "rotated_from", ref.GitLabID, "name", t.Name)
+		}
+	}
+	return others, errors.Join(errs...)
+}
+
+// unconfirmed is what a 404 on owner's token becomes: nil error is never
+// returned. When the owner itself is visible the token is gone and the caller
+// learns it from confirmGone; here the owner answered 404 too (or could not
+// be asked), so the error wraps ErrRevokeUnconfirmed.
+func (c *Client) unconfirmed(ctx context.Context, op string, kind ledger.Kind, owner string) error {
+	visible, err := c.ownerVisible(ctx, kind, owner)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s: GitLab answered 404, and the owner could not be checked: %w", op, err)
+	case visible:
+		return fmt.Errorf("%s: %w: GitLab answered 404 although the owner is visible", op, exchange.ErrRejected)
+	}
+	return fmt.Errorf("%s: %w: %w", op, ErrRevokeUnconfirmed, exchange.ErrNotFound)
+}
+
+// confirmGone settles a 404 on a token: when the owner is visible to the
+// service account, the token is gone (nil); otherwise the error wraps
+// ErrRevokeUnconfirmed (or says why the owner could not be checked).
+func (c *Client) confirmGone(ctx context.Context, op string, kind ledger.Kind, owner string) error {
+	visible, err := c.ownerVisible(ctx, kind, owner)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%s: GitLab answered 404, and the owner could not be checked: %w", op, err)
+	case visible:
+		return nil
+	}
+	return fmt.Errorf("%s: %w: %w", op, ErrRevokeUnconfirmed, exchange.ErrNotFound)
+}
+
+// ownerVisible asks GitLab (uncached) whether the project or group is
+// visible to the service account: false on 404.
+func (c *Client) ownerVisible(ctx context.Context, kind ledger.Kind, owner string) (bool, error) {
+	var (
+		resp *gl.Response
+		err  error
+	)
+	switch kind {
+	case ledger.ProjectDeployToken, ledger.ProjectAccessToken:
+		_, resp, err = c.gl.Projects.GetProject(owner, nil, reqOpts(ctx, http.MethodGet, "/projects/:id")...)
+	default:
+		_, resp, err = c.gl.Groups.GetGroup(owner, nil, reqOpts(ctx, http.MethodGet, "/groups/:id")...)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case status(resp) == http.StatusNotFound:
+		return false, nil
+	}
+	return false, c.mapError("look up owner "+owner, "", resp, err, false)
+}
