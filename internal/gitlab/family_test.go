@@ -123,3 +123,18 @@ func TestRevoke404IsConfirmed(t *testing.T) {
 		})
 	}
 }
+
+// TestMintNeverRequestsSelfRotate (issue 9.1): the adapter refuses to ask
+// GitLab for a token that may rotate itself, and sends nothing.
+func TestMintNeverRequestsSelfRotate(t *testing.T) {
+	st := newStandin(t)
+	before := len(st.s.Requests())
+	_, err := st.c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-sr", Kind: ledger.ProjectAccessToken, Owner: "platform/lib",
+		Scopes: []string{"read_repository", "self_rotate"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 30})
+	if !errors.Is(err, exchange.ErrRejected) {
+		t.Fatalf("Mint with self_rotate = %v, want ErrRejected", err)
+	}
+	if n := len(st.s.Requests()) - before; n != 0 {
+		t.Fatalf("%d requests sent to GitLab", n)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -110,6 +111,11 @@ func (c *Client) validate(req exchange.MintRequest) error {
 		return fmt.Errorf("%s: %w: no expiry", op, exchange.ErrRejected)
 	case !req.ExpiresAt.After(c.now()):
 		return fmt.Errorf("%s: %w: expiry %s is not in the future", op, exchange.ErrRejected, req.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if slices.Contains(req.Scopes, "self_rotate") {
+		// A token that may rotate itself makes successors the ledger never
+		// sees: gltoken never asks for one.
+		return fmt.Errorf("%s: %w: the self_rotate scope is never requested", op, exchange.ErrRejected)
 	}
 	if isAccessToken(req.Kind) && !validAccessLevels[req.AccessLevel] {
 		// 0 would get GitLab's default, Maintainer: never by accident.

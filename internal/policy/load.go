@@ -363,7 +363,14 @@ func (p *parser) parseRules(n *yaml.Node) []*rule {
 }
 
 var ruleKeys = []string{"name", "match", "allow"}
-var allowKeys = []string{"projects", "groups", "scopes", "ttl", "access_level"}
+var allowKeys = []string{"projects", "groups", "scopes", "ttl", "access_level", AcknowledgeAPIMaintainerKey}
+
+// AcknowledgeAPIMaintainerKey is the allow key a rule must set to true to grant
+// the api scope with the maintainer role. Such a token can create deploy
+// tokens and access tokens of its own, which the ledger does not track and
+// which may outlive it (a deploy token can be made to never expire): that is
+// a deliberate choice, never a default.
+const AcknowledgeAPIMaintainerKey = "acknowledge_api_maintainer"
 
 func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 	label := "#" + strconv.Itoa(idx+1)
@@ -537,6 +544,7 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 	hasScopes := false
 	ttlLine, accessLine := 0, 0
 	var wide []item // targets whose first segment is a wildcard
+	acknowledged := false
 	for _, e := range fields {
 		field := "allow." + e.key
 		switch e.key {
@@ -591,9 +599,29 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 			}
 			r.accessLevel = lvl
 			accessLine = e.val.Line
+		case AcknowledgeAPIMaintainerKey:
+			v, ok := p.scalar(e.val, label, field)
+			if !ok {
+				continue
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil || (v != "true" && v != "false") {
+				p.add(e.val.Line, label, field, fmt.Sprintf("want true or false, not %q", v))
+				continue
+			}
+			acknowledged = b
 		default:
 			p.add(e.line, label, field, "unknown key (want "+strings.Join(allowKeys, ", ")+")")
 		}
+	}
+	if apiBit, _ := scopeBit("api"); r.scopes&apiBit != 0 && r.accessLevel >= AccessMaintainer && !acknowledged {
+		line := accessLine
+		if line == 0 {
+			line = n.Line
+		}
+		p.add(line, label, "allow.access_level", "the api scope with the maintainer role can create deploy tokens and access tokens "+
+			"the ledger never sees (a deploy token may never expire): lower the role, drop api, or set "+
+			AcknowledgeAPIMaintainerKey+": true if that is what you mean")
 	}
 	if !hasScopes {
 		p.add(n.Line, label, "allow.scopes", "missing: a rule must grant at least one scope")

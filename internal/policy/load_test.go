@@ -416,7 +416,7 @@ func TestParseValid(t *testing.T) {
       access_level: 20
   - name: named-level
     match: {namespace_path: a}
-    allow: {projects: [a/c], scopes: [api], access_level: Maintainer}
+    allow: {projects: [a/c], scopes: [api], access_level: Maintainer, acknowledge_api_maintainer: true}
 `
 	pol, err := Parse([]byte(src), "p.yaml", Options{GitLabURL: "https://gitlab.com"})
 	if err != nil {
