@@ -46,6 +46,10 @@ fuzz: ## Fuzz the parsers for a while each (FUZZTIME, default 30s)
 	    echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} ./$$t || exit 1; \
 	  done; done
 
+.PHONY: crash
+crash: ## Kill exchanged with SIGKILL mid-mint for CRASH_ROUNDS rounds (default 100); print the orphan count
+	set -o pipefail; GLTOKEN_CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(GO) test -count=1 -timeout 60m -run '^TestCrashLosesNothing$$' -v ./internal/e2e | grep -E '^(crash test:|--- |ok|FAIL|PASS)|orphan'
+
 .PHONY: install
 install: build ## Install the binaries into $(PREFIX)/bin
 	install -d $(DESTDIR)$(PREFIX)/bin
