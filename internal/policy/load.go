@@ -2,6 +2,9 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -362,7 +365,7 @@ func (p *parser) parseRules(n *yaml.Node) []*rule {
 	return rules
 }
 
-var ruleKeys = []string{"name", "match", "allow"}
+var ruleKeys = []string{"name", "match", "allow", "reuse"}
 var allowKeys = []string{"projects", "groups", "scopes", "ttl", "access_level", AcknowledgeAPIMaintainerKey}
 
 // AcknowledgeAPIMaintainerKey is the allow key a rule must set to true to grant
@@ -394,7 +397,7 @@ func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 	if !ok {
 		return nil
 	}
-	r := &rule{line: n.Line, ttl: DefaultTTL, accessLevel: AccessDeveloper}
+	r := &rule{line: n.Line, ttl: DefaultTTL, accessLevel: AccessDeveloper, reuse: ReuseProject}
 	var matchNode, allowNode *yaml.Node
 	for _, e := range fields {
 		switch e.key {
@@ -417,6 +420,17 @@ func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 			matchNode = e.val
 		case "allow":
 			allowNode = e.val
+		case "reuse":
+			v, ok := p.scalar(e.val, label, "reuse")
+			if !ok {
+				continue
+			}
+			switch Reuse(v) {
+			case ReuseProject, ReuseJob:
+				r.reuse = Reuse(v)
+			default:
+				p.add(e.val.Line, label, "reuse", fmt.Sprintf("want project (one credential for every job of the project) or job (one credential per job), not %q", v))
+			}
 		default:
 			p.add(e.line, label, e.key, "unknown key (want "+strings.Join(ruleKeys, ", ")+")")
 		}
@@ -437,7 +451,33 @@ func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 	if len(p.problems) > before {
 		return nil
 	}
+	r.fingerprint = fingerprint(n)
 	return r
+}
+
+// fingerprint is the hex SHA-256 of a rule's YAML as data: keys, values and
+// their order, but not comments, layout or line numbers. A rule whose
+// fingerprint changed across a reload grants something else, so what was
+// handed out under the old one is not handed out again.
+func fingerprint(n *yaml.Node) string {
+	h := sha256.New()
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		var b [8]byte
+		binary.BigEndian.PutUint32(b[:4], uint32(n.Kind))
+		binary.BigEndian.PutUint32(b[4:], uint32(len(n.Content)))
+		h.Write(b[:])
+		for _, s := range []string{n.ShortTag(), n.Value} {
+			binary.BigEndian.PutUint32(b[:4], uint32(len(s)))
+			h.Write(b[:4])
+			h.Write([]byte(s))
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(n)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func hasField(fields []kv, key string) bool {

@@ -72,6 +72,23 @@ func TestParseErrors(t *testing.T) {
     allow: {projects: [a/c], scopes: [read_repository]}
     priority: 3
 `, []wantProblem{{5, "r", "priority", "unknown key"}}},
+		{"bad reuse", Options{}, `rules:
+  - name: r
+    match: {project_path: a/b}
+    allow: {projects: [a/c], scopes: [read_repository]}
+    reuse: pipeline
+`, []wantProblem{{5, "r", "reuse", `want project (one credential for every job of the project) or job (one credential per job), not "pipeline"`}}},
+		{"reuse not a scalar", Options{}, `rules:
+  - name: r
+    match: {project_path: a/b}
+    allow: {projects: [a/c], scopes: [read_repository]}
+    reuse: [job]
+`, []wantProblem{{5, "r", "reuse", ""}}},
+		{"reuse inside allow", Options{}, `rules:
+  - name: r
+    match: {project_path: a/b}
+    allow: {projects: [a/c], scopes: [read_repository], reuse: job}
+`, []wantProblem{{4, "r", "allow.reuse", "unknown key"}}},
 		{"unknown allow key", Options{}, `rules:
   - name: r
     match: {project_path: a/b}
@@ -603,5 +620,98 @@ func TestParseOddYAML(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkProblems(t, parseErr(t, tt.src, Options{}), tt.want)
 		})
+	}
+}
+
+func TestParseReuse(t *testing.T) {
+	pol, err := Parse([]byte(`rules:
+  - name: shared
+    match: {project_path: a/b}
+    allow: {projects: [a/c], scopes: [read_repository]}
+  - name: explicit
+    reuse: project
+    match: {project_path: a/b}
+    allow: {projects: [a/d], scopes: [read_repository]}
+  - name: own
+    reuse: job
+    match: {project_path: a/b}
+    allow: {projects: [a/e], scopes: [read_repository]}
+`), "p.yaml", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		project string
+		want    Reuse
+	}{{"a/c", ReuseProject}, {"a/d", ReuseProject}, {"a/e", ReuseJob}} {
+		d := pol.Evaluate(Request{Claims: map[string]string{"project_path": "a/b"}, Project: tc.project, Scopes: []string{"read_repository"}})
+		if !d.Allowed || d.Reuse != tc.want {
+			t.Errorf("%s: allowed %v, reuse %q; want %q", tc.project, d.Allowed, d.Reuse, tc.want)
+		}
+		if fp, ok := pol.RuleFingerprint(d.Rule); !ok || fp != d.RuleFingerprint || len(fp) != 64 {
+			t.Errorf("%s: RuleFingerprint(%s) = %q, %v; decision says %q", tc.project, d.Rule, fp, ok, d.RuleFingerprint)
+		}
+	}
+	if _, ok := pol.RuleFingerprint("absent"); ok {
+		t.Error("RuleFingerprint of an absent rule")
+	}
+}
+
+// TestRuleFingerprint: a rule's fingerprint follows what it grants, not how
+// the file is laid out.
+func TestRuleFingerprint(t *testing.T) {
+	const base = `rules:
+  - name: r
+    match: {project_path: a/b}
+    allow: {projects: [a/c], scopes: [read_repository], ttl: 10h, access_level: maintainer}
+`
+	fp := func(src string) string {
+		t.Helper()
+		pol, err := Parse([]byte(src), "p.yaml", Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, ok := pol.RuleFingerprint("r")
+		if !ok {
+			t.Fatal("no rule r")
+		}
+		return f
+	}
+	want := fp(base)
+	same := []string{
+		"# a comment\n\n" + base,
+		`rules:
+  - name: r   # the rule
+    match:
+      project_path: a/b
+    allow:
+      projects:
+        - a/c
+      scopes: [read_repository]
+      ttl: 10h
+      access_level: maintainer
+`,
+		`rules:
+  - name: other
+    match: {project_path: x/y}
+    allow: {projects: [x/z], scopes: [read_repository]}
+` + base[len("rules:\n"):],
+	}
+	for i, src := range same {
+		if got := fp(src); got != want {
+			t.Errorf("layout %d changed the fingerprint", i)
+		}
+	}
+	changed := map[string]string{
+		"ttl":          strings.Replace(base, "ttl: 10h", "ttl: 15m", 1),
+		"access level": strings.Replace(base, "maintainer", "developer", 1),
+		"target":       strings.Replace(base, "[a/c]", "[a/c, a/d]", 1),
+		"match":        strings.Replace(base, "project_path: a/b", "project_path: a/b, ref_protected: true", 1),
+		"reuse":        strings.Replace(base, "  - name: r\n", "  - name: r\n    reuse: job\n", 1),
+	}
+	for what, src := range changed {
+		if fp(src) == want {
+			t.Errorf("changing the %s kept the fingerprint", what)
+		}
 	}
 }

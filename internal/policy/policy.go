@@ -70,7 +70,22 @@ type rule struct {
 	scopeList   []string
 	ttl         time.Duration
 	accessLevel int
+	reuse       Reuse
+	fingerprint string
 }
+
+// Reuse says which jobs may share a credential minted under a rule.
+type Reuse string
+
+const (
+	// ReuseProject (the default): a live credential is handed to every job
+	// of the same source project that passes the same rule for the same
+	// target, kind, scopes and role, as long as it expires no later than
+	// that job's ID token.
+	ReuseProject Reuse = "project"
+	// ReuseJob: one credential per job.
+	ReuseJob Reuse = "job"
+)
 
 type claimMatch struct {
 	claim string
@@ -103,7 +118,11 @@ type Decision struct {
 	TTL         time.Duration // the rule's ttl (DefaultTTL if it names none)
 	AccessLevel int           // the rule's role for access tokens (default developer, 30)
 	Group       string        // set when the target is allowed through allow.groups: the group path containing the project
-	Reason      string        // when denied: one line saying which check failed, for the closest rule
+	Reuse       Reuse         // which jobs may share the credential (the rule's reuse, default project)
+	// RuleFingerprint identifies the matching rule's content (hex SHA-256):
+	// it changes when a reload changes the rule.
+	RuleFingerprint string
+	Reason          string // when denied: one line saying which check failed, for the closest rule
 	// ScopeDenied is set when denied and the closest rule accepted the job
 	// and the target but not every requested scope (invalid_scope rather
 	// than invalid_target).
@@ -116,6 +135,20 @@ type Step struct {
 	Rule    string
 	Matched bool
 	Failed  string // the first failed check, e.g. `allow.scopes: write_repository not allowed`
+}
+
+// RuleFingerprint returns the fingerprint of the rule named name (see
+// Decision.RuleFingerprint), or false when the policy has no such rule.
+func (p *Policy) RuleFingerprint(name string) (string, bool) {
+	if p == nil {
+		return "", false
+	}
+	for _, r := range p.rules {
+		if r.name == name {
+			return r.fingerprint, true
+		}
+	}
+	return "", false
 }
 
 // Rules returns the rule names in file order.
@@ -178,6 +211,8 @@ func (p *Policy) Evaluate(req Request) Decision {
 			d.TTL = r.ttl
 			d.AccessLevel = r.accessLevel
 			d.Group = o.group
+			d.Reuse = r.reuse
+			d.RuleFingerprint = r.fingerprint
 			return d
 		}
 		if o.stage > best.stage || (o.stage == best.stage && o.matched > best.matched) {
