@@ -110,6 +110,12 @@ func (h Holder) Holding() bool { return h.ReleasedAt.IsZero() }
 // MaxSealedLen is the largest sealed secret a store keeps.
 const MaxSealedLen = 4096
 
+// OwnerRef names a project or group the daemon minted a kind of credential on.
+type OwnerRef struct {
+	Kind  Kind
+	Owner string // as in Record.Owner
+}
+
 // ErrNotFound: no record with that id (or fingerprint).
 var ErrNotFound = errors.New("ledger: record not found")
 
@@ -221,6 +227,17 @@ type Store interface {
 	ListPending(ctx context.Context) ([]Record, error)
 	// CountActive counts Active records (the live-tokens gauge).
 	CountActive(ctx context.Context) (int, error)
+	// NextDue returns the earliest NextAttemptAt of a Pending or Active
+	// record (ok false when there is none): when a reaper must look next.
+	NextDue(ctx context.Context) (next time.Time, ok bool, err error)
+	// CountOverdue counts Pending and Active records whose ExpiresAt is
+	// before before: credentials past their TTL that are not known to be
+	// gone from GitLab (the backstop alert's gauge).
+	CountOverdue(ctx context.Context, before time.Time) (int, error)
+	// Owners lists, once each and in no particular order, the (Kind, Owner)
+	// pairs of the records of those kinds created at or after since: where
+	// the daemon minted, for the sweep that looks for escaped tokens.
+	Owners(ctx context.Context, kinds []Kind, since time.Time) ([]OwnerRef, error)
 	// Ping checks the store is reachable (readiness).
 	Ping(ctx context.Context) error
 	// Close releases the store; later calls fail. Calling it again is a no-op.

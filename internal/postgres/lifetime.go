@@ -1,0 +1,65 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+// NextDue implements ledger.Store (the due index's first entry).
+func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
+	var next *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT min(next_attempt_at) FROM ledger_records
+		WHERE state IN ('pending', 'active')`).Scan(&next)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("postgres: next due: %w", err)
+	}
+	if next == nil {
+		return time.Time{}, false, nil
+	}
+	return next.UTC(), true, nil
+}
+
+// CountOverdue implements ledger.Store.
+func (s *Store) CountOverdue(ctx context.Context, before time.Time) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM ledger_records
+		WHERE state IN ('pending', 'active') AND expires_at IS NOT NULL AND expires_at < $1`, ts(before)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: count overdue: %w", err)
+	}
+	return n, nil
+}
+
+// Owners implements ledger.Store.
+func (s *Store) Owners(ctx context.Context, kinds []ledger.Kind, since time.Time) ([]ledger.OwnerRef, error) {
+	if len(kinds) == 0 {
+		return nil, nil
+	}
+	ks := make([]string, len(kinds))
+	for i, k := range kinds {
+		ks[i] = string(k)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT kind, owner FROM ledger_records
+		WHERE created_at >= $1 AND kind = ANY($2)`, ts(since), ks)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: owners: %w", err)
+	}
+	defer rows.Close()
+	var out []ledger.OwnerRef
+	for rows.Next() {
+		var o ledger.OwnerRef
+		var kind string
+		if err := rows.Scan(&kind, &o.Owner); err != nil {
+			return nil, fmt.Errorf("postgres: owners: %w", err)
+		}
+		o.Kind = ledger.Kind(kind)
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: owners: %w", err)
+	}
+	return out, nil
+}
