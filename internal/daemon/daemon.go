@@ -97,7 +97,11 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("ledger", err)
 	}
 	m := metrics.New(metrics.Sources{
-		LiveTokens:    d.store.CountActive,
+		LiveTokens: d.store.CountActive,
+		Overdue: func(ctx context.Context) (int, error) {
+			// The promise: revoked by its TTL plus one reaper interval.
+			return d.store.CountOverdue(ctx, time.Now().Add(-overdueGrace(cfg)))
+		},
 		JWKSRefreshes: d.verifier.Refreshes,
 		PolicyRules:   func() int { return len(d.policy.Current().Rules()) },
 		PolicyReloads: d.policy.Reloads,
@@ -141,6 +145,15 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("listen", err)
 	}
 	return d, nil
+}
+
+// overdueGrace is how long past its TTL a credential may stay before it
+// counts as overdue: one reaper interval (default 10s).
+func overdueGrace(cfg *config.Config) time.Duration {
+	if d := cfg.ReaperInterval.D(); d > 0 {
+		return d
+	}
+	return 10 * time.Second
 }
 
 // ready is /readyz: the keys are loaded and the ledger answers.

@@ -36,7 +36,11 @@ type Sources struct {
 	// LiveTokens counts in the ledger. A scrape reads it at most once per
 	// CountTTL (concurrent scrapes share one read), so /metrics cannot be
 	// used to load the store.
-	LiveTokens    func(ctx context.Context) (int, error)
+	LiveTokens func(ctx context.Context) (int, error)
+	// Overdue counts the ledger's records past their TTL (by more than the
+	// reaper's promise) that are not known to be gone from GitLab: each is an
+	// incident (contrib/prometheus/gltoken-alerts.yaml). Read like LiveTokens.
+	Overdue       func(ctx context.Context) (int, error)
 	JWKSRefreshes func() (ok, failed uint64)
 	PolicyRules   func() int
 	PolicyReloads func() (ok, failed uint64)
@@ -62,7 +66,7 @@ func New(src Sources) *Metrics {
 		Name: "gltoken_mints_total", Help: "Credentials minted in GitLab, by kind.",
 	}, []string{"kind"})
 	m.revocations = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (revoked, client, reconciled_revoked, abandoned, failed, deferred).",
+		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (revoked, client, reconciled_revoked, abandoned, failed, unconfirmed, escaped, deferred).",
 	}, []string{"kind", "outcome"})
 	m.gitlabCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_gitlab_requests_total", Help: "Calls to GitLab's API by route template and HTTP status (0: no answer).",
@@ -83,6 +87,19 @@ func New(src Sources) *Metrics {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gltoken_live_tokens", Help: "Credentials minted and not yet revoked, per the ledger, read at most every 10s (-1: ledger unreachable).",
 		}, live.get))
+	}
+	if src.Overdue != nil {
+		overdue := &cachedCount{count: src.Overdue, ttl: src.CountTTL, now: src.Now}
+		if overdue.ttl <= 0 {
+			overdue.ttl = DefaultCountTTL
+		}
+		if overdue.now == nil {
+			overdue.now = time.Now
+		}
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_credentials_overdue",
+			Help: "Credentials past their TTL by more than one reaper interval that are not known to be gone from GitLab, per the ledger, read at most every 10s (-1: ledger unreachable). Anything above 0 is an incident.",
+		}, overdue.get))
 	}
 	if src.JWKSRefreshes != nil {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

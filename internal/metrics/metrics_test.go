@@ -5,10 +5,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // TestScrapesCannotLoadTheStore: a flood of scrapes reads the ledger count
@@ -51,5 +55,56 @@ func TestScrapesCannotLoadTheStore(t *testing.T) {
 	scrape()
 	if reads != 2 {
 		t.Fatalf("after the TTL: %d reads, want 2", reads)
+	}
+}
+
+// TestOverdueGaugeAndAlertRules (issue 9.9): the overdue gauge is exported,
+// and every metric the shipped alert rules use exists.
+func TestOverdueGaugeAndAlertRules(t *testing.T) {
+	m := New(Sources{
+		LiveTokens: func(context.Context) (int, error) { return 1, nil },
+		Overdue:    func(context.Context) (int, error) { return 3, nil },
+	})
+	m.Revoked("project_access_token", "unconfirmed")
+	m.Revoked("project_access_token", "escaped")
+	w := httptest.NewRecorder()
+	m.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body := w.Body.String()
+	if !strings.Contains(body, "gltoken_credentials_overdue 3") {
+		t.Fatalf("overdue gauge missing:\n%s", body)
+	}
+	rules, err := os.ReadFile("../../contrib/prometheus/gltoken-alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(rules, &doc); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range doc.Groups {
+		for _, r := range g.Rules {
+			n++
+			for _, name := range regexp.MustCompile(`gltoken_[a-z_]+`).FindAllString(r.Expr, -1) {
+				if !strings.Contains(body, "\n"+name) {
+					t.Errorf("alert %s uses %s, which /metrics does not export", r.Alert, name)
+				}
+			}
+			for _, outcome := range regexp.MustCompile(`outcome="([a-z_]+)"`).FindAllStringSubmatch(r.Expr, -1) {
+				if !strings.Contains(body, `outcome="`+outcome[1]+`"`) {
+					t.Errorf("alert %s uses outcome %s, never counted", r.Alert, outcome[1])
+				}
+			}
+		}
+	}
+	if n < 3 {
+		t.Fatalf("%d alert rules, want the overdue, unconfirmed and escaped ones", n)
 	}
 }
