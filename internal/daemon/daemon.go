@@ -119,7 +119,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if err != nil {
 		return nil, step("exchange", err)
 	}
-	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, svc)
+	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, svc.Cache())
 	if cfg.Store.Driver == "sqlite" {
 		// The embedded ledger belongs to this process alone: every pending
 		// intent in it was left by a process that died mid-mint.

@@ -42,6 +42,13 @@ rules:
     allow:
       groups: [platform/tools]
       scopes: [read_repository]
+  - name: app-reads-api
+    match:
+      project_path: platform/app
+    allow:
+      projects: [platform/api]
+      scopes: [read_api]
+      ttl: 10m
 `
 
 // fakeVerifier accepts tokens named in its map.
@@ -59,8 +66,10 @@ type fakeMinter struct {
 	mu       sync.Mutex
 	nextID   int64
 	live     map[string]Credential // by name
+	owners   map[string]int64      // path -> id, as ResolveOwner made them up
 	revoked  []int64
 	mints    atomic.Int32
+	last     MintRequest // the last request Mint was given
 	failNext error
 	// createThenFail: the create happens but the answer is "lost".
 	createThenFail bool
@@ -72,12 +81,20 @@ var _ Minter = (*fakeMinter)(nil)
 func newFakeMinter() *fakeMinter { return &fakeMinter{live: map[string]Credential{}} }
 
 // ResolveOwner knows every path but "platform/libs/moved", which GitLab would
-// only find through a redirect.
-func (f *fakeMinter) ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (string, error) {
+// only find through a redirect; each path gets an id of its own.
+func (f *fakeMinter) ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (int64, error) {
 	if path == "platform/libs/moved" {
-		return "", fmt.Errorf("%w: known as other/moved", ErrNotFound)
+		return 0, fmt.Errorf("%w: known as other/moved", ErrNotFound)
 	}
-	return "id:" + path, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.owners == nil {
+		f.owners = map[string]int64{}
+	}
+	if _, ok := f.owners[path]; !ok {
+		f.owners[path] = int64(1000 + len(f.owners))
+	}
+	return f.owners[path], nil
 }
 
 func (f *fakeMinter) Mint(ctx context.Context, req MintRequest) (Credential, error) {
@@ -87,12 +104,13 @@ func (f *fakeMinter) Mint(ctx context.Context, req MintRequest) (Credential, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.last = req
 	if err := f.failNext; err != nil {
 		f.failNext = nil
 		return Credential{}, err
 	}
 	f.nextID++
-	c := Credential{Kind: req.Kind, Owner: req.Owner, OwnerPath: strings.TrimPrefix(req.Owner, "id:"), GitLabID: f.nextID, Name: req.Name,
+	c := Credential{Kind: req.Kind, Owner: req.Owner, OwnerPath: req.OwnerPath, GitLabID: f.nextID, Name: req.Name,
 		Username: fmt.Sprintf("gitlab+deploy-token-%d", f.nextID), Secret: fmt.Sprintf("gldt-secret-%d", f.nextID), ExpiresAt: req.ExpiresAt}
 	f.live[req.Name] = c
 	if f.createThenFail {
@@ -102,7 +120,7 @@ func (f *fakeMinter) Mint(ctx context.Context, req MintRequest) (Credential, err
 	return c, nil
 }
 
-func (f *fakeMinter) FindByName(ctx context.Context, kind ledger.Kind, owner, name string) (TokenRef, bool, error) {
+func (f *fakeMinter) FindByName(ctx context.Context, kind ledger.Kind, owner int64, name string) (TokenRef, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c, ok := f.live[name]
@@ -225,7 +243,7 @@ func TestExchangeDecisions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
-			iss, err := f.exchange(tt.token, tt.resource, tt.scopes...)
+			granted, err := f.exchange(tt.token, tt.resource, tt.scopes...)
 			if tt.wantCode != "" {
 				var e *Error
 				if !errors.As(err, &e) || e.Code != tt.wantCode {
@@ -242,17 +260,17 @@ func TestExchangeDecisions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if iss.Kind != tt.wantKind {
-				t.Errorf("kind = %s, want %s", iss.Kind, tt.wantKind)
+			if granted.Kind != tt.wantKind {
+				t.Errorf("kind = %s, want %s", granted.Kind, tt.wantKind)
 			}
-			if got := iss.ExpiresAt.Sub(f.clock.Now()); got != tt.wantLife {
+			if got := granted.ExpiresAt.Sub(f.clock.Now()); got != tt.wantLife {
 				t.Errorf("lifetime = %s, want %s", got, tt.wantLife)
 			}
-			rec, err := f.store.Get(context.Background(), iss.LedgerID)
+			rec, err := f.store.Get(context.Background(), granted.LedgerID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.State != ledger.Active || rec.SecretSHA256 != Fingerprint(iss.AccessToken) || !rec.ExpiresAt.Equal(iss.ExpiresAt) {
+			if rec.State != ledger.Active || rec.SecretSHA256 != Fingerprint(granted.AccessToken) || !rec.ExpiresAt.Equal(granted.ExpiresAt) {
 				t.Errorf("ledger record = %+v", rec)
 			}
 		})
@@ -287,12 +305,12 @@ func TestExchangeCachesOneCredentialPerRequest(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			iss, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+			granted, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			results[i] = iss
+			results[i] = granted
 		}()
 	}
 	time.Sleep(20 * time.Millisecond) // let the callers pile up behind the first mint
@@ -413,7 +431,7 @@ func TestRevokeAndReaper(t *testing.T) {
 		t.Fatalf("after revoke: %v, same token %v", err, a2 != nil && a2.AccessToken == a.AccessToken)
 	}
 
-	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc)
+	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
 	if n, _ := r.RunOnce(ctx); n != 0 {
 		t.Fatalf("reaper settled %d records before any TTL", n)
 	}
@@ -439,7 +457,7 @@ func TestReconcileCrashedIntents(t *testing.T) {
 	ctx := context.Background()
 	now := f.clock.Now()
 	// A daemon died after GitLab created the token and before the ledger heard of it…
-	created := ledger.Record{ID: "crashaftercreate", State: ledger.Pending, Kind: ledger.ProjectDeployToken, Owner: "platform/lib", OwnerPath: "platform/lib",
+	created := ledger.Record{ID: "crashaftercreate", State: ledger.Pending, Kind: ledger.ProjectDeployToken, Owner: 1000, OwnerPath: "platform/lib",
 		Scopes: []string{"read_repository"}, CreatedAt: now, ExpiresAt: now.Add(time.Hour), NextAttemptAt: now.Add(2 * time.Minute)}
 	// …and another before GitLab heard of it.
 	never := created
@@ -449,10 +467,10 @@ func TestReconcileCrashedIntents(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := f.minter.Mint(ctx, MintRequest{Name: "gltoken-crashaftercreate", Kind: ledger.ProjectDeployToken, Owner: "platform/lib"}); err != nil {
+	if _, err := f.minter.Mint(ctx, MintRequest{Name: "gltoken-crashaftercreate", Kind: ledger.ProjectDeployToken, Owner: 1000, OwnerPath: "platform/lib"}); err != nil {
 		t.Fatal(err)
 	}
-	r := NewReaper(ReaperConfig{Now: f.clock.Now}, f.store, f.minter, f.svc)
+	r := NewReaper(ReaperConfig{Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
 	n, err := r.ReconcilePending(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("reconciled %d, %v", n, err)
@@ -476,7 +494,7 @@ func TestReconcileCrashedIntents(t *testing.T) {
 		t.Errorf("crashbeforecreate: %s, want pending within its lease", got)
 	}
 	// …and a token that appears meanwhile is still found and revoked.
-	if _, err := f.minter.Mint(ctx, MintRequest{Name: "gltoken-crashbeforecreate", Kind: ledger.ProjectDeployToken, Owner: "platform/lib"}); err != nil {
+	if _, err := f.minter.Mint(ctx, MintRequest{Name: "gltoken-crashbeforecreate", Kind: ledger.ProjectDeployToken, Owner: 1000, OwnerPath: "platform/lib"}); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Add(DefaultMintLease)
@@ -518,5 +536,56 @@ func TestExplain(t *testing.T) {
 	out, allowed, _ = Explain(cfg, pol, claims, "https://gitlab.example.com/platform/lib.git", []string{"read_repository"})
 	if !allowed || !strings.Contains(out, "project_deploy_token") {
 		t.Fatalf("allowed=%v\n%s", allowed, out)
+	}
+}
+
+// TestExplainAndExchangeAgree: explain shows the plan an exchange carries
+// out, the role included (a rule without access_level gets developer, never
+// GitLab's maintainer default).
+func TestExplainAndExchangeAgree(t *testing.T) {
+	pol, err := policy.Parse([]byte(testPolicy), "policy.yaml", policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{GitLabURL: "https://gitlab.example.com", MaxTTL: 12 * time.Hour}
+	claims := map[string]string{"project_path": "platform/app", "ref": "main", "ref_protected": "true"}
+	tests := []struct {
+		resource, scope string
+		kind            ledger.Kind
+		role            int
+		roleLine        string
+	}{
+		{"https://gitlab.example.com/platform/api.git", "read_api", ledger.ProjectAccessToken, policy.AccessDeveloper, "role:      access level 30\n"},
+		{"https://gitlab.example.com/platform/deploy.git", "write_repository", ledger.ProjectAccessToken, policy.AccessDeveloper, "role:      access level 30\n"},
+		{"https://gitlab.example.com/platform/lib.git", "read_repository", ledger.ProjectDeployToken, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.scope, func(t *testing.T) {
+			out, allowed, err := Explain(cfg, pol, claims, tt.resource, []string{tt.scope})
+			if err != nil || !allowed {
+				t.Fatalf("explain: allowed=%v err=%v\n%s", allowed, err, out)
+			}
+			if !strings.Contains(out, "mint:      "+string(tt.kind)+" on ") {
+				t.Errorf("explain does not plan a %s:\n%s", tt.kind, out)
+			}
+			if tt.roleLine != "" && !strings.Contains(out, tt.roleLine) {
+				t.Errorf("explain does not show %q:\n%s", tt.roleLine, out)
+			}
+			if tt.roleLine == "" && strings.Contains(out, "role:") {
+				t.Errorf("explain shows a role for a deploy token:\n%s", out)
+			}
+
+			f := newFixture(t)
+			granted, err := f.exchange("job-token", tt.resource, tt.scope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.minter.mu.Lock()
+			last := f.minter.last
+			f.minter.mu.Unlock()
+			if granted.Kind != tt.kind || last.Kind != tt.kind || last.AccessLevel != tt.role {
+				t.Errorf("exchange minted %s with access level %d, want %s with %d", last.Kind, last.AccessLevel, tt.kind, tt.role)
+			}
+		})
 	}
 }

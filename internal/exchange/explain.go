@@ -4,21 +4,23 @@ import (
 	"fmt"
 	"strings"
 
+	"gltoken.dev/gltoken/internal/ledger"
 	"gltoken.dev/gltoken/internal/policy"
 )
 
 // Explain renders the decision the service would take for claims, a
 // resource and scopes, without verifying a token or minting anything: the
-// resource parsing, scope checks, policy trace and least-privilege choice of
-// a real exchange. allowed reports the outcome.
+// resource parsing, scope checks, policy trace and plan (decide) of a real
+// exchange. allowed reports the outcome.
 func Explain(cfg Config, pol *policy.Policy, claims map[string]string, resource string, scopes []string) (out string, allowed bool, err error) {
-	s, err := New(cfg, nil, func() *policy.Policy { return pol }, nil, nil)
+	o, err := newOrigins(cfg.GitLabURL, cfg.RegistryURL)
 	if err != nil {
 		return "", false, err
 	}
+	cfg = cfg.withDefaults()
 	var b strings.Builder
 	fmt.Fprintf(&b, "resource:  %s\n", resource)
-	t, err := s.parseResource(resource)
+	t, err := o.parse(resource)
 	if err != nil {
 		fmt.Fprintf(&b, "decision:  DENY (%v)\n", err)
 		return b.String(), false, nil
@@ -37,7 +39,7 @@ func Explain(cfg Config, pol *policy.Policy, claims map[string]string, resource 
 	if sub := claims["sub"]; sub != "" {
 		fmt.Fprintf(&b, "subject:   %s\n", sub)
 	}
-	dec := pol.Evaluate(policy.Request{Claims: claims, Project: t.project, Scopes: sc})
+	p, dec, denied := decide(pol, cfg.MaxTTL, claims, t, sc)
 	b.WriteString("rules:\n")
 	if len(dec.Trace) == 0 {
 		b.WriteString("  (the policy has no rules)\n")
@@ -49,20 +51,18 @@ func Explain(cfg Config, pol *policy.Policy, claims map[string]string, resource 
 		}
 		fmt.Fprintf(&b, "  %-28s no: %s\n", st.Rule, st.Failed)
 	}
-	if !dec.Allowed {
+	if denied != nil {
 		fmt.Fprintf(&b, "decision:  DENY: %s\n", dec.Reason)
 		return b.String(), false, nil
 	}
-	kind, owner := leastPrivilege(sc, t.project, dec.Group)
-	ttl := min(dec.TTL, s.cfg.MaxTTL)
-	fmt.Fprintf(&b, "decision:  ALLOW by rule %q\n", dec.Rule)
-	fmt.Fprintf(&b, "mint:      %s on %s, lifetime min(rule %s, max_ttl %s, the ID token's remaining life)", kind, owner, dec.TTL, s.cfg.MaxTTL)
-	if ttl < dec.TTL {
-		fmt.Fprintf(&b, " = at most %s", ttl)
+	fmt.Fprintf(&b, "decision:  ALLOW by rule %q\n", p.rule)
+	fmt.Fprintf(&b, "mint:      %s on %s, lifetime min(rule %s, max_ttl %s, the ID token's remaining life)", p.kind, p.owner, dec.TTL, cfg.MaxTTL)
+	if p.lifetime < dec.TTL {
+		fmt.Fprintf(&b, " = at most %s", p.lifetime)
 	}
 	b.WriteString("\n")
-	if dec.AccessLevel != 0 && (kind != "project_deploy_token" && kind != "group_deploy_token") {
-		fmt.Fprintf(&b, "role:      access level %d\n", dec.AccessLevel)
+	if p.kind == ledger.ProjectAccessToken || p.kind == ledger.GroupAccessToken {
+		fmt.Fprintf(&b, "role:      access level %d\n", p.role)
 	}
 	return b.String(), true, nil
 }

@@ -2,89 +2,138 @@ package exchange
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base32"
 	"errors"
+	"fmt"
 	"time"
 
+	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
-// MintRequest asks GitLab for one credential.
-type MintRequest struct {
-	// Name is the token's name in GitLab: "gltoken-" + the ledger id. It is how
-	// an ambiguous create is reconciled, so it must be unique.
-	Name string
-	Kind ledger.Kind
-	// Owner is the numeric id (decimal) of the project (project kinds) or the
-	// group (group kinds), as ResolveOwner returned it.
-	Owner       string
-	Scopes      []string
-	ExpiresAt   time.Time // exact; access tokens get the date GitLab allows as a backstop
-	AccessLevel int       // project/group access tokens only
+// The mint sequence: resolve the owner, write the intent, ask GitLab, record
+// the result. Nothing minted is ever forgotten: the intent is written before
+// GitLab is asked, and whatever goes wrong after it is settled here or by the
+// reaper.
+
+// mint mints what mreq asks for (its Owner still unresolved: OwnerPath
+// names it) and caches it under key.
+func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Request, tok *idtoken.Token, rule string) (*Issued, error) {
+	// The mint outlives a client that hangs up: an intent half done is worse
+	// than a credential nobody collects (the reaper ends that one on time).
+	ctx = context.WithoutCancel(ctx)
+	// The policy decided on a path: mint on exactly that project or group,
+	// by its id, so a rename later cannot point revocation elsewhere.
+	ownerID, err := s.minter.ResolveOwner(ctx, mreq.Kind, mreq.OwnerPath)
+	if err != nil {
+		return nil, s.gitlabError(mreq.OwnerPath, err)
+	}
+	mreq.Owner = ownerID
+	id, err := newLedgerID()
+	if err != nil {
+		return nil, internalError(err)
+	}
+	mreq.Name = "gltoken-" + id
+	now := s.cfg.Now()
+	rec := ledger.Record{
+		ID: id, State: ledger.Pending, Kind: mreq.Kind, Owner: ownerID, OwnerPath: mreq.OwnerPath,
+		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule,
+		Subject: tok.Subject, ProjectID: tok.Claims["project_id"], PipelineID: tok.Claims["pipeline_id"],
+		JobID: tok.Claims["job_id"], TokenJTI: tok.ID,
+		// The reaper looks at an unfinished intent when its lease ends, or at
+		// the credential's TTL if that comes first.
+		CreatedAt: now, ExpiresAt: mreq.ExpiresAt, NextAttemptAt: earliest(now.Add(s.cfg.MintLease), mreq.ExpiresAt),
+	}
+	if err := s.store.CreateIntent(ctx, rec); err != nil {
+		return nil, &Error{Code: CodeUnavailable, Description: "the ledger is unavailable; nothing was minted", RetryAfter: 5 * time.Second, detail: err.Error()}
+	}
+
+	mctx, cancel := context.WithTimeout(ctx, s.cfg.MintLease/2)
+	cred, err := s.minter.Mint(mctx, mreq)
+	cancel()
+	if err != nil {
+		return nil, s.mintFailed(ctx, rec, err)
+	}
+	// The ledger revokes at the lifetime the policy allowed, whatever date
+	// GitLab keeps as its own backstop.
+	expires := mreq.ExpiresAt
+	if !cred.ExpiresAt.IsZero() && cred.ExpiresAt.Before(expires) {
+		expires = cred.ExpiresAt
+	}
+	if err := s.store.Activate(ctx, id, cred.GitLabID, cred.Username, Fingerprint(cred.Secret), expires); err != nil {
+		// The intent stays for the reaper if the store is down; if the reaper
+		// already gave up on it, end the credential now.
+		ref := TokenRef{Kind: cred.Kind, Owner: cred.Owner, GitLabID: cred.GitLabID}
+		if rerr := s.minter.Revoke(ctx, ref); rerr == nil {
+			_ = s.store.MarkRevoked(ctx, id, s.cfg.Now())
+		}
+		return nil, &Error{Code: CodeUnavailable, Description: "the ledger could not record the credential, so it was not handed out; try again", RetryAfter: 5 * time.Second, detail: err.Error()}
+	}
+	s.cfg.Observer.Minted(cred.Kind)
+	cred.ExpiresAt = expires
+	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes}, s.cfg.Now())
+	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,
+		Scopes: mreq.Scopes, Kind: cred.Kind, LedgerID: id}, nil
 }
 
-// Credential is what GitLab returned. Secret is the only place the secret
-// lives; it is never logged or persisted.
-type Credential struct {
-	Kind      ledger.Kind
-	Owner     string // numeric id of the project/group, decimal
-	OwnerPath string
-	GitLabID  int64
-	Name      string
-	Username  string
-	Secret    string
-	ExpiresAt time.Time
+// mintFailed settles an intent whose mint did not return a credential.
+func (s *Service) mintFailed(ctx context.Context, rec ledger.Record, err error) error {
+	if errors.Is(err, ErrAmbiguous) {
+		// The create may have happened: find it by name. We cannot hand it out
+		// (GitLab shows a secret only once), so end it and ask the client to
+		// retry. If it is not there (yet: GitLab may still be working on the
+		// request), the intent stays pending and the reaper looks again.
+		ref, found, ferr := s.minter.FindByName(ctx, rec.Kind, rec.Owner, "gltoken-"+rec.ID)
+		switch {
+		case ferr != nil:
+			s.cfg.Logger.Warn("ambiguous mint left for the reaper", "ledger_id", rec.ID, "error", ferr)
+		case found:
+			if rerr := s.minter.Revoke(ctx, ref); rerr == nil {
+				_ = s.store.MarkRevoked(ctx, rec.ID, s.cfg.Now())
+				s.cfg.Observer.Revoked(rec.Kind, "ambiguous_mint")
+			}
+		}
+		return &Error{Code: CodeUnavailable, Description: "GitLab did not confirm the new credential; nothing usable was minted, try again", RetryAfter: time.Second, detail: err.Error()}
+	}
+	_ = s.store.Abandon(ctx, rec.ID, err.Error())
+	return s.gitlabError(rec.OwnerPath, err)
 }
 
-// TokenRef names a credential in GitLab, for revocation and reconciliation.
-type TokenRef struct {
-	Kind     ledger.Kind
-	Owner    string // numeric id (decimal) or full path of the project/group
-	GitLabID int64
+// gitlabError maps what the minter returned to the API's errors.
+func (s *Service) gitlabError(owner string, err error) error {
+	var ra *RetryAfterError
+	switch {
+	case errors.As(err, &ra):
+		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: max(ra.After, time.Second), detail: err.Error()}
+	case errors.Is(err, ErrRateLimited):
+		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: 10 * time.Second, detail: err.Error()}
+	case errors.Is(err, ErrNotFound):
+		return &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf("%s was not found in GitLab under that exact path (it may have moved or been renamed, or the service account cannot see it)", owner), detail: err.Error()}
+	case errors.Is(err, ErrForbidden):
+		return &Error{Code: CodeServerError, Description: fmt.Sprintf("GitLab refused to mint on %s: the daemon's service account lacks the rights (Maintainer on a project, Owner on a group); ask the daemon's operator", owner), detail: err.Error()}
+	case errors.Is(err, ErrUnavailable):
+		return &Error{Code: CodeUnavailable, Description: "GitLab cannot be reached; try again later", RetryAfter: 5 * time.Second, detail: err.Error()}
+	case errors.Is(err, ErrRejected):
+		return &Error{Code: CodeServerError, Description: "GitLab rejected the token request: " + err.Error(), detail: err.Error()}
+	}
+	return internalError(err)
 }
 
-// Minter is the GitLab side of the exchange: the internal/gitlab adapter implements it.
-type Minter interface {
-	// ResolveOwner returns the numeric id (decimal) of the project (project
-	// kinds) or group (group kinds) whose full path is exactly path. GitLab
-	// also finds a project by an old path (after a rename or transfer) and
-	// ignores case: such a match MUST be refused with ErrNotFound, since the
-	// policy decided on path, not on whatever GitLab redirects it to. It must
-	// not answer from a cache that could be stale.
-	ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (id string, err error)
-	// Mint creates the credential. It MUST NOT retry a create on its own: when
-	// GitLab's answer is lost or ambiguous it returns an error wrapping
-	// ErrAmbiguous, and the caller reconciles with FindByName.
-	Mint(ctx context.Context, req MintRequest) (Credential, error)
-	// FindByName looks for an active token of that kind and name under owner.
-	// ok is false when there is none.
-	FindByName(ctx context.Context, kind ledger.Kind, owner, name string) (ref TokenRef, ok bool, err error)
-	// Revoke deletes (deploy tokens) or revokes (access tokens) the token.
-	// A token that is already gone is not an error.
-	Revoke(ctx context.Context, ref TokenRef) error
+var ledgerIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newLedgerID returns 80 random bits, lower-case base32 (16 characters).
+func newLedgerID() (string, error) {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return ledgerIDEncoding.EncodeToString(b[:]), nil
 }
 
-// Errors the minter returns (wrapped, with detail) so the service can map them.
-var (
-	// ErrAmbiguous: the create may or may not have happened (timeout, lost
-	// response, 5xx after sending). Reconcile by name; never create again blindly.
-	ErrAmbiguous = errors.New("gitlab: create outcome unknown")
-	// ErrUnavailable: GitLab could not be reached or answered 5xx before acting.
-	ErrUnavailable = errors.New("gitlab: unavailable")
-	// ErrRateLimited: GitLab answered 429; RetryAfterError carries the wait.
-	ErrRateLimited = errors.New("gitlab: rate limited")
-	// ErrForbidden: GitLab answered 403: the service account lacks the rights.
-	ErrForbidden = errors.New("gitlab: service account lacks permission")
-	// ErrNotFound: the project or group does not exist (or the service account cannot see it).
-	ErrNotFound = errors.New("gitlab: not found")
-	// ErrRejected: GitLab refused the request as invalid (400/422).
-	ErrRejected = errors.New("gitlab: request rejected")
-)
-
-// RetryAfterError carries GitLab's Retry-After alongside ErrRateLimited.
-type RetryAfterError struct {
-	After time.Duration
-	Err   error
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
-
-func (e *RetryAfterError) Error() string { return e.Err.Error() }
-func (e *RetryAfterError) Unwrap() error { return e.Err }

@@ -17,7 +17,7 @@ import (
 type Reaper struct {
 	store     ledger.Store
 	minter    Minter
-	svc       *Service // optional: to drop revoked credentials from the cache
+	cache     *Cache // optional: the service's, to drop what is revoked
 	interval  time.Duration
 	lease     time.Duration
 	batch     int
@@ -43,9 +43,11 @@ type ReaperConfig struct {
 	Observer  Observer
 }
 
-// NewReaper builds a reaper over the service's store and minter.
-func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, svc *Service) *Reaper {
-	r := &Reaper{store: store, minter: m, svc: svc, interval: cfg.Interval, batch: cfg.Batch,
+// NewReaper builds a reaper over the service's store and minter. cache is
+// the service's (Service.Cache), from which it drops what it revokes; nil
+// when no service runs in this process.
+func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, cache *Cache) *Reaper {
+	r := &Reaper{store: store, minter: m, cache: cache, interval: cfg.Interval, batch: cfg.Batch,
 		maxDelay: cfg.MaxDelay, mintLease: cfg.MintLease, now: cfg.Now, log: cfg.Logger, audit: cfg.Audit, obs: cfg.Observer}
 	if r.interval <= 0 {
 		r.interval = 10 * time.Second
@@ -156,8 +158,8 @@ func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
 		r.log.Debug("intent has no token yet; looking again when its lease ends", "ledger_id", rec.ID)
 		return
 	}
-	if r.svc != nil {
-		r.svc.forgetLedgerID(rec.ID)
+	if r.cache != nil {
+		r.cache.forgetLedgerID(rec.ID)
 	}
 	ev := auditEvent{Outcome: outcome}
 	ev.fromRecord(rec)

@@ -6,6 +6,39 @@ import (
 	"strings"
 )
 
+// origins are what the daemon serves: the GitLab instance (its resources
+// are repositories) and, optionally, its container registry (registry
+// repositories). parse reduces a resource URL to a target.
+type origins struct {
+	gitlab   *url.URL
+	registry *url.URL // nil when no registry is served
+}
+
+func newOrigins(gitlabURL, registryURL string) (origins, error) {
+	var o origins
+	var err error
+	if o.gitlab, err = parseBaseURL(gitlabURL); err != nil {
+		return origins{}, fmt.Errorf("gitlab url: %w", err)
+	}
+	if registryURL != "" {
+		if o.registry, err = parseBaseURL(registryURL); err != nil {
+			return origins{}, fmt.Errorf("registry url: %w", err)
+		}
+	}
+	return o, nil
+}
+
+func parseBaseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("%q is not an absolute http(s) URL", raw)
+	}
+	return u, nil
+}
+
 // target is a resource reduced to what the policy and the minter need.
 type target struct {
 	project  string // full path, e.g. "platform/libs/core"
@@ -19,36 +52,36 @@ const (
 	maxPathLen      = 1024
 )
 
-// parseResource accepts "https://gitlab.example.com/group/proj(.git)" for a
+// parse accepts "https://gitlab.example.com/group/proj(.git)" for a
 // repository and "https://registry.example.com/group/proj" for a registry
 // repository. Anything else is invalid_target.
-func (s *Service) parseResource(raw string) (target, error) {
+func (o origins) parse(raw string) (target, error) {
 	bad := func(format string, args ...any) (target, error) {
 		return target{}, &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf(format, args...)}
 	}
 	if raw == "" {
-		return target{}, &Error{Code: CodeInvalidRequest, Description: fmt.Sprintf("resource is required: the URL of the repository, e.g. %s/group/project.git", s.gitlab)}
+		return target{}, &Error{Code: CodeInvalidRequest, Description: fmt.Sprintf("resource is required: the URL of the repository, e.g. %s/group/project.git", o.gitlab)}
 	}
 	if len(raw) > maxPathLen+256 {
 		return bad("resource is too long")
 	}
 	u, err := url.Parse(raw)
 	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return bad("resource is not an absolute URL (e.g. %s/group/project.git)", s.gitlab)
+		return bad("resource is not an absolute URL (e.g. %s/group/project.git)", o.gitlab)
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
 		return bad("resource must not carry credentials, a query or a fragment")
 	}
-	base, registry := s.gitlab, false
+	base, registry := o.gitlab, false
 	switch {
-	case sameOrigin(u, s.gitlab):
-	case s.registry != nil && sameOrigin(u, s.registry):
-		base, registry = s.registry, true
+	case sameOrigin(u, o.gitlab):
+	case o.registry != nil && sameOrigin(u, o.registry):
+		base, registry = o.registry, true
 	default:
-		if s.registry != nil {
-			return bad("resource %s://%s is not served here: this daemon serves %s and the registry %s", u.Scheme, u.Host, s.gitlab.Redacted(), s.registry.Redacted())
+		if o.registry != nil {
+			return bad("resource %s://%s is not served here: this daemon serves %s and the registry %s", u.Scheme, u.Host, o.gitlab.Redacted(), o.registry.Redacted())
 		}
-		return bad("resource %s://%s is not served here: this daemon serves %s", u.Scheme, u.Host, s.gitlab.Redacted())
+		return bad("resource %s://%s is not served here: this daemon serves %s", u.Scheme, u.Host, o.gitlab.Redacted())
 	}
 	if u.RawPath != "" {
 		return bad("resource path must not be percent-encoded")

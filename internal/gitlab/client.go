@@ -1,7 +1,7 @@
 // Package gitlab is the adapter between the exchange service and GitLab's
 // REST API: it mints, finds and revokes deploy tokens and project/group access
-// tokens with gitlab.com/gitlab-org/api/client-go, and resolves project and
-// group paths to ids. New builds a *Client, which implements exchange.Minter.
+// tokens with gitlab.com/gitlab-org/api/client-go, and resolves the exact
+// path of a project or group to its id. New builds a *Client, which implements exchange.Minter.
 //
 // Creates are never retried (client-go would retry a POST on any 5xx and mint
 // twice): an ambiguous create returns an error wrapping exchange.ErrAmbiguous and
@@ -26,7 +26,6 @@ import (
 	"unicode/utf8"
 
 	gl "gitlab.com/gitlab-org/api/client-go"
-	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
 	"gltoken.dev/gltoken/internal/exchange"
@@ -56,10 +55,6 @@ type Config struct {
 	// RetryWait is the first backoff of those retries, doubled each time and
 	// capped at 2 s (default 250 ms).
 	RetryWait time.Duration
-	// CacheTTL and CacheSize bound the path→id cache of ResolveProject and
-	// ResolveGroup (defaults 10 min and 4096 entries).
-	CacheTTL  time.Duration
-	CacheSize int
 }
 
 // ErrTokenInvalid: GitLab answered 401 to the service account's token: it is
@@ -73,11 +68,6 @@ type Client struct {
 	now        func() time.Time
 	log        *slog.Logger
 	onResponse func(method, route string, status int)
-
-	cacheTTL  time.Duration
-	cacheSize int
-	cache     *idCache
-	sf        singleflight.Group
 }
 
 var _ exchange.Minter = (*Client)(nil)
@@ -97,8 +87,6 @@ func New(cfg Config) (*Client, error) {
 		now:        cfg.Now,
 		log:        cfg.Logger,
 		onResponse: cfg.OnResponse,
-		cacheTTL:   cfg.CacheTTL,
-		cacheSize:  cfg.CacheSize,
 	}
 	if c.now == nil {
 		c.now = time.Now
@@ -106,13 +94,6 @@ func New(cfg Config) (*Client, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	if c.cacheTTL <= 0 {
-		c.cacheTTL = 10 * time.Minute
-	}
-	if c.cacheSize <= 0 {
-		c.cacheSize = 4096
-	}
-	c.cache = newIDCache(c.cacheSize)
 
 	// Copy the injected client: client-go's interceptors replace the Transport
 	// of the *http.Client they are given.

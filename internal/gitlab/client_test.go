@@ -159,7 +159,7 @@ func TestMintDeployTokens(t *testing.T) {
 		t.Run(string(tt.kind), func(t *testing.T) {
 			name := "gltoken-" + string(tt.kind)
 			cred, err := c.Mint(context.Background(), exchange.MintRequest{
-				Name: name, Kind: tt.kind, Owner: tt.owner,
+				Name: name, Kind: tt.kind, Owner: tt.id, OwnerPath: tt.owner,
 				Scopes: []string{"read_repository", "read_registry"}, ExpiresAt: exp,
 			})
 			if err != nil {
@@ -192,7 +192,7 @@ func TestMintDeployTokens(t *testing.T) {
 				t.Fatalf("token %s not in the double", name)
 			}
 			want := exchange.Credential{
-				Kind: tt.kind, Owner: strconv.FormatInt(tt.id, 10), OwnerPath: tt.owner, GitLabID: tok.ID,
+				Kind: tt.kind, Owner: tt.id, OwnerPath: tt.owner, GitLabID: tok.ID,
 				Name: name, Username: "gitlab+deploy-token-" + strconv.FormatInt(tok.ID, 10), Secret: tok.Secret,
 				ExpiresAt: time.Date(2026, 11, 27, 3, 30, 15, 0, time.UTC),
 			}
@@ -246,17 +246,17 @@ func isStatusOnly(call string) bool {
 
 func TestMintAccessTokens(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("platform/app")
-	m.addGroup("platform")
+	pid := m.addProject("platform/app")
+	gid := m.addGroup("platform")
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 	exp := fixedNow.Add(2 * time.Hour) // 04:30:15 UTC on 2026-11-27
 
 	for _, kind := range []ledger.Kind{ledger.ProjectAccessToken, ledger.GroupAccessToken} {
 		t.Run(string(kind), func(t *testing.T) {
 			name := "gltoken-" + string(kind)
-			owner := "platform/app"
+			owner := pid
 			if kind == ledger.GroupAccessToken {
-				owner = "platform"
+				owner = gid
 			}
 			cred, err := c.Mint(context.Background(), exchange.MintRequest{
 				Name: name, Kind: kind, Owner: owner, Scopes: []string{"write_repository"},
@@ -296,7 +296,7 @@ func TestMintAccessTokens(t *testing.T) {
 
 func TestMintAccessTokenUsernameFallback(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("platform/app")
+	pid := m.addProject("platform/app")
 	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 		if strings.HasPrefix(r.URL.Path, "/api/v4/users/") {
 			writeJSON(w, 403, map[string]string{"message": "403 Forbidden"})
@@ -306,7 +306,7 @@ func TestMintAccessTokenUsernameFallback(t *testing.T) {
 	})
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 	cred, err := c.Mint(context.Background(), exchange.MintRequest{
-		Name: "gltoken-x", Kind: ledger.ProjectAccessToken, Owner: "platform/app",
+		Name: "gltoken-x", Kind: ledger.ProjectAccessToken, Owner: pid,
 		Scopes: []string{"read_api"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20,
 	})
 	if err != nil {
@@ -319,9 +319,9 @@ func TestMintAccessTokenUsernameFallback(t *testing.T) {
 
 func TestMintRejectsBadRequestsWithoutCallingGitLab(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("p/q")
+	pid := m.addProject("p/q")
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-	good := exchange.MintRequest{Name: "gltoken-1", Kind: ledger.ProjectAccessToken, Owner: "p/q",
+	good := exchange.MintRequest{Name: "gltoken-1", Kind: ledger.ProjectAccessToken, Owner: pid,
 		Scopes: []string{"api"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 30}
 	tests := []struct {
 		name string
@@ -333,7 +333,8 @@ func TestMintRejectsBadRequestsWithoutCallingGitLab(t *testing.T) {
 		{"bad access level", func(r *exchange.MintRequest) { r.AccessLevel = 60 }},
 		{"unknown kind", func(r *exchange.MintRequest) { r.Kind = "personal" }},
 		{"no name", func(r *exchange.MintRequest) { r.Name = " " }},
-		{"no owner", func(r *exchange.MintRequest) { r.Owner = "/" }},
+		{"no owner", func(r *exchange.MintRequest) { r.Owner = 0 }},
+		{"negative owner", func(r *exchange.MintRequest) { r.Owner = -1 }},
 		{"no scopes", func(r *exchange.MintRequest) { r.Scopes = nil }},
 	}
 	for _, tt := range tests {
@@ -355,7 +356,7 @@ func TestCreateIsNeverRetried(t *testing.T) {
 	for _, code := range []int{500, 502, 503, 504} {
 		t.Run(strconv.Itoa(code), func(t *testing.T) {
 			m := newMiniGitLab(t)
-			m.addProject("platform/lib")
+			pid := m.addProject("platform/lib")
 			m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 				if r.Method == http.MethodPost {
 					writeJSON(w, code, map[string]string{"message": "boom"})
@@ -365,7 +366,7 @@ func TestCreateIsNeverRetried(t *testing.T) {
 			})
 			c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-a", Kind: ledger.ProjectDeployToken,
-				Owner: "platform/lib", Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
+				Owner: pid, Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
 			if !errors.Is(err, exchange.ErrAmbiguous) {
 				t.Fatalf("err = %v, want ErrAmbiguous", err)
 			}
@@ -381,11 +382,9 @@ func TestLostResponseThenFindByName(t *testing.T) {
 	for _, kind := range kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			m := newMiniGitLab(t)
-			m.addProject("platform/lib")
-			m.addGroup("platform")
-			owner := "platform/lib"
-			if kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
-				owner = "platform"
+			owner := m.addProject("platform/lib")
+			if gid := m.addGroup("platform"); kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
+				owner = gid
 			}
 			// The create happens, then the connection drops before the answer.
 			m.setAfter(func(w http.ResponseWriter, r *http.Request, rec *httptest.ResponseRecorder) bool {
@@ -399,12 +398,7 @@ func TestLostResponseThenFindByName(t *testing.T) {
 				return true
 			})
 			// Decoys: same name revoked, other names active.
-			m.mu.Lock()
-			oid := m.projects["platform/lib"]
-			if owner == "platform" {
-				oid = m.groups["platform"]
-			}
-			m.mu.Unlock()
+			oid := owner
 			tk := map[ledger.Kind]string{ledger.ProjectDeployToken: "deploy_project", ledger.GroupDeployToken: "deploy_group",
 				ledger.ProjectAccessToken: "access_project", ledger.GroupAccessToken: "access_group"}[kind]
 			m.addToken(miniToken{Kind: tk, OwnerID: oid, Name: "gltoken-lost", Revoked: true})
@@ -460,17 +454,17 @@ func TestFindByNamePaginates(t *testing.T) {
 		m.addToken(miniToken{Kind: "deploy_project", OwnerID: pid, Name: "gltoken-" + strconv.Itoa(i)})
 	}
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-	ref, ok, err := c.FindByName(context.Background(), ledger.ProjectDeployToken, "big/proj", "gltoken-249")
+	ref, ok, err := c.FindByName(context.Background(), ledger.ProjectDeployToken, pid, "gltoken-249")
 	if err != nil || !ok {
 		t.Fatalf("FindByName: ok=%v err=%v", ok, err)
 	}
-	if n := m.count("GET /api/v4/projects/big%2Fproj/deploy_tokens"); n != 3 {
+	if n := m.count("GET /api/v4/projects/" + strconv.FormatInt(pid, 10) + "/deploy_tokens"); n != 3 {
 		t.Fatalf("%d list requests, want 3 pages", n)
 	}
 	if ref.GitLabID == 0 {
 		t.Fatal("no id")
 	}
-	_, ok, err = c.FindByName(context.Background(), ledger.ProjectDeployToken, "big/proj", "gltoken-nope")
+	_, ok, err = c.FindByName(context.Background(), ledger.ProjectDeployToken, pid, "gltoken-nope")
 	if err != nil || ok {
 		t.Fatalf("missing name: ok=%v err=%v", ok, err)
 	}
@@ -501,7 +495,7 @@ func TestErrorMapping(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := newMiniGitLab(t)
-			m.addProject("p/q")
+			pid := m.addProject("p/q")
 			m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 				if r.Method != http.MethodPost {
 					return false
@@ -513,7 +507,7 @@ func TestErrorMapping(t *testing.T) {
 				return true
 			})
 			c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-e", Kind: ledger.ProjectAccessToken, Owner: "p/q",
+			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-e", Kind: ledger.ProjectAccessToken, Owner: pid,
 				Scopes: []string{"api"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 30})
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
@@ -542,21 +536,22 @@ func TestErrorMapping(t *testing.T) {
 
 func TestErrorMappingOnReadsAndRevokes(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("p/q")
+	pid := m.addProject("p/q")
+	gid := m.addGroup("g")
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 	ctx := context.Background()
 
-	if _, err := c.ResolveProject(ctx, "no/such"); !errors.Is(err, exchange.ErrNotFound) {
+	if _, err := c.ResolveOwner(ctx, ledger.ProjectDeployToken, "no/such"); !errors.Is(err, exchange.ErrNotFound) {
 		t.Fatalf("resolve missing: %v, want ErrNotFound", err)
 	}
-	if _, _, err := c.FindByName(ctx, ledger.ProjectDeployToken, "no/such", "x"); !errors.Is(err, exchange.ErrNotFound) {
+	if _, _, err := c.FindByName(ctx, ledger.ProjectDeployToken, 999999, "x"); !errors.Is(err, exchange.ErrNotFound) {
 		t.Fatalf("find on missing project: %v, want ErrNotFound", err)
 	}
 	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 		writeJSON(w, 403, map[string]string{"message": "403 Forbidden"})
 		return true
 	})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectDeployToken, Owner: "p/q", GitLabID: 5}); !errors.Is(err, exchange.ErrForbidden) ||
+	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectDeployToken, Owner: pid, GitLabID: 5}); !errors.Is(err, exchange.ErrForbidden) ||
 		!strings.Contains(err.Error(), "Maintainer") {
 		t.Fatalf("revoke forbidden: %v", err)
 	}
@@ -566,47 +561,44 @@ func TestErrorMappingOnReadsAndRevokes(t *testing.T) {
 		return true
 	})
 	var ra *exchange.RetryAfterError
-	if _, _, err := c.FindByName(ctx, ledger.GroupAccessToken, "g", "x"); !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 3*time.Second {
+	if _, _, err := c.FindByName(ctx, ledger.GroupAccessToken, gid, "x"); !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 3*time.Second {
 		t.Fatalf("list rate limited: %v", err)
 	}
-	if n := m.count("GET /api/v4/groups/g/access_tokens"); n != 1 {
+	if n := m.count("GET /api/v4/groups/" + strconv.FormatInt(gid, 10) + "/access_tokens"); n != 1 {
 		t.Fatalf("429 on GET retried: %d requests", n)
 	}
 	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
 		writeJSON(w, 503, map[string]string{"message": "down"})
 		return true
 	})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.GroupDeployToken, Owner: "g", GitLabID: 5}); !errors.Is(err, exchange.ErrUnavailable) {
+	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.GroupDeployToken, Owner: gid, GitLabID: 5}); !errors.Is(err, exchange.ErrUnavailable) {
 		t.Fatalf("revoke on 503: %v, want ErrUnavailable", err)
 	}
-	if n := m.count("DELETE /api/v4/groups/g/deploy_tokens/5"); n != 3 {
+	if n := m.count("DELETE /api/v4/groups/" + strconv.FormatInt(gid, 10) + "/deploy_tokens/5"); n != 3 {
 		t.Fatalf("DELETE on 503: %d attempts, want 3 (1 + 2 retries)", n)
 	}
 }
 
 func TestTransportErrors(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("p/q")
+	pid := m.addProject("p/q")
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 	ctx := context.Background()
-	if _, err := c.ResolveProject(ctx, "p/q"); err != nil {
-		t.Fatal(err)
-	}
 	m.srv.Close()
-	// The project id is cached; the create cannot connect: nothing was sent.
-	_, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-t", Kind: ledger.ProjectDeployToken, Owner: "p/q",
+	// The create cannot connect: nothing was sent.
+	_, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-t", Kind: ledger.ProjectDeployToken, Owner: pid,
 		Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
 	if !errors.Is(err, exchange.ErrUnavailable) || errors.Is(err, exchange.ErrAmbiguous) {
 		t.Fatalf("create against a closed server: %v, want ErrUnavailable (connection refused is before sending)", err)
 	}
-	if _, _, err := c.FindByName(ctx, ledger.ProjectDeployToken, "p/q", "x"); !errors.Is(err, exchange.ErrUnavailable) {
+	if _, _, err := c.FindByName(ctx, ledger.ProjectDeployToken, pid, "x"); !errors.Is(err, exchange.ErrUnavailable) {
 		t.Fatalf("list against a closed server: %v, want ErrUnavailable", err)
 	}
 }
 
 func TestCreateTimeoutIsAmbiguous(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("p/q")
+	pid := m.addProject("p/q")
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
@@ -620,12 +612,9 @@ func TestCreateTimeoutIsAmbiguous(t *testing.T) {
 		return true
 	})
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-	if _, err := c.ResolveProject(context.Background(), "p/q"); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-t", Kind: ledger.ProjectDeployToken, Owner: "p/q",
+	_, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-t", Kind: ledger.ProjectDeployToken, Owner: pid,
 		Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
 	if !errors.Is(err, exchange.ErrAmbiguous) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want ErrAmbiguous and DeadlineExceeded", err)
@@ -634,7 +623,7 @@ func TestCreateTimeoutIsAmbiguous(t *testing.T) {
 	// A context already done before the create: nothing is sent.
 	done, cancel2 := context.WithCancel(context.Background())
 	cancel2()
-	_, err = c.Mint(done, exchange.MintRequest{Name: "gltoken-u", Kind: ledger.ProjectDeployToken, Owner: "p/q",
+	_, err = c.Mint(done, exchange.MintRequest{Name: "gltoken-u", Kind: ledger.ProjectDeployToken, Owner: pid,
 		Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
 	if errors.Is(err, exchange.ErrAmbiguous) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want a non-ambiguous Canceled", err)
@@ -661,7 +650,7 @@ func TestReadsRetryAFewTimes(t *testing.T) {
 		return false
 	})
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-	_, ok, err := c.FindByName(context.Background(), ledger.ProjectDeployToken, "p/q", "gltoken-r")
+	_, ok, err := c.FindByName(context.Background(), ledger.ProjectDeployToken, pid, "gltoken-r")
 	if err != nil || !ok {
 		t.Fatalf("FindByName after two 502s: ok=%v err=%v", ok, err)
 	}
@@ -681,15 +670,15 @@ func TestReadsRetryAFewTimes(t *testing.T) {
 
 func TestRevokeIsIdempotent(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("p/q")
-	m.addGroup("g")
+	pq := m.addProject("p/q")
+	g := m.addGroup("g")
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 	ctx := context.Background()
 	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken} {
 		t.Run(string(kind), func(t *testing.T) {
-			owner := "p/q"
+			owner := pq
 			if kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
-				owner = "g"
+				owner = g
 			}
 			cred, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-rv-" + string(kind), Kind: kind, Owner: owner,
 				Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20})
@@ -720,84 +709,12 @@ func TestRevokeIsIdempotent(t *testing.T) {
 		}
 		return false
 	})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: "p/r", GitLabID: tok.ID}); err != nil {
+	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: pid, GitLabID: tok.ID}); err != nil {
 		t.Fatalf("Revoke of an already revoked token answering 400: %v", err)
 	}
 	live := m.addToken(miniToken{Kind: "access_project", OwnerID: pid, Name: "gltoken-live"})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: "p/r", GitLabID: live.ID}); !errors.Is(err, exchange.ErrRejected) {
+	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: pid, GitLabID: live.ID}); !errors.Is(err, exchange.ErrRejected) {
 		t.Fatalf("Revoke of a live token answering 400: %v, want ErrRejected", err)
-	}
-}
-
-func TestResolveCache(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("grp/sub/proj.x")
-	gid := m.addGroup("grp/sub")
-	now := fixedNow
-	var mu sync.Mutex
-	c := newTestClient(t, m.srv.URL, m.serviceToken, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
-	ctx := context.Background()
-
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			id, err := c.ResolveProject(ctx, "grp/sub/proj.x")
-			if err != nil || id != pid {
-				t.Errorf("ResolveProject = %d, %v", id, err)
-			}
-		})
-	}
-	wg.Wait()
-	if id, err := c.ResolveGroup(ctx, "grp/sub"); err != nil || id != gid {
-		t.Fatalf("ResolveGroup = %d, %v", id, err)
-	}
-	if id, err := c.ResolveGroup(ctx, "grp/sub"); err != nil || id != gid {
-		t.Fatalf("ResolveGroup = %d, %v", id, err)
-	}
-	// GitLab wants the path URL-encoded, "." included.
-	if n := m.count("GET /api/v4/projects/grp%2Fsub%2Fproj%2Ex"); n != 1 {
-		t.Fatalf("%d project lookups, want 1 (cached)", n)
-	}
-	if n := m.count("GET /api/v4/groups/grp%2Fsub"); n != 1 {
-		t.Fatalf("%d group lookups, want 1 (cached)", n)
-	}
-	// Decimal ids need no lookup.
-	if id, err := c.ResolveProject(ctx, "42"); err != nil || id != 42 {
-		t.Fatalf("ResolveProject(42) = %d, %v", id, err)
-	}
-	mu.Lock()
-	now = now.Add(11 * time.Minute)
-	mu.Unlock()
-	if _, err := c.ResolveProject(ctx, "grp/sub/proj.x"); err != nil {
-		t.Fatal(err)
-	}
-	if n := m.count("GET /api/v4/projects/grp%2Fsub%2Fproj%2Ex"); n != 2 {
-		t.Fatalf("%d project lookups after the TTL, want 2", n)
-	}
-	// Not-found answers are not cached.
-	for range 2 {
-		if _, err := c.ResolveProject(ctx, "nope/nope"); !errors.Is(err, exchange.ErrNotFound) {
-			t.Fatalf("err = %v", err)
-		}
-	}
-	if n := m.count("GET /api/v4/projects/nope%2Fnope"); n != 2 {
-		t.Fatalf("%d lookups of a missing project, want 2", n)
-	}
-}
-
-func TestIDCacheBounded(t *testing.T) {
-	c := newIDCache(3)
-	for i := range 10 {
-		c.put("k"+strconv.Itoa(i), int64(i), fixedNow.Add(time.Duration(i)*time.Minute))
-	}
-	if c.len() != 3 {
-		t.Fatalf("len = %d, want 3", c.len())
-	}
-	if _, ok := c.get("k9", fixedNow); !ok {
-		t.Fatal("newest entry evicted")
-	}
-	if _, ok := c.get("k0", fixedNow); ok {
-		t.Fatal("oldest entry kept")
 	}
 }
 
@@ -853,7 +770,7 @@ func TestNewValidates(t *testing.T) {
 
 func TestConcurrentMints(t *testing.T) {
 	m := newMiniGitLab(t)
-	m.addProject("p/q")
+	pid := m.addProject("p/q")
 	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
 	var wg sync.WaitGroup
 	for i := range 8 {
@@ -862,7 +779,7 @@ func TestConcurrentMints(t *testing.T) {
 			if i%2 == 1 {
 				kind = ledger.ProjectAccessToken
 			}
-			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-c" + strconv.Itoa(i), Kind: kind, Owner: "p/q",
+			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-c" + strconv.Itoa(i), Kind: kind, Owner: pid,
 				Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20})
 			if err != nil {
 				t.Errorf("Mint %d: %v", i, err)
@@ -873,8 +790,9 @@ func TestConcurrentMints(t *testing.T) {
 	if n := len(m.allTokens()); n != 8 {
 		t.Fatalf("%d tokens, want 8", n)
 	}
-	if n := m.count("GET /api/v4/projects/p%2Fq"); n != 1 {
-		t.Fatalf("%d project lookups, want 1 (shared)", n)
+	// The owner is an id: minting looks nothing up (ResolveOwner did, once).
+	if n := m.count("GET /api/v4/projects/"); n != 0 {
+		t.Fatalf("%d project lookups while minting, want 0", n)
 	}
 	assertNoSecrets(t, c, m)
 }
@@ -893,7 +811,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	}))
 	defer redirector.Close()
 	c := newTestClient(t, redirector.URL, "glpat-secret-service-token", clock())
-	_, err := c.ResolveProject(context.Background(), "p/q")
+	_, err := c.ResolveOwner(context.Background(), ledger.ProjectDeployToken, "p/q")
 	if !errors.Is(err, exchange.ErrUnavailable) || !strings.Contains(err.Error(), "redirect") {
 		t.Fatalf("err = %v, want ErrUnavailable naming the redirect", err)
 	}
@@ -935,7 +853,7 @@ func TestCertificateErrorNotRetried(t *testing.T) {
 	defer srv.Close()
 	// The client does not trust the test server's certificate.
 	c := newTestClient(t, srv.URL, "glpat-x", clock())
-	_, err := c.ResolveProject(context.Background(), "p/q")
+	_, err := c.ResolveOwner(context.Background(), ledger.ProjectDeployToken, "p/q")
 	if !errors.Is(err, exchange.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
@@ -962,7 +880,7 @@ func TestGitLabMessage(t *testing.T) {
 			}))
 			defer srv.Close()
 			c := newTestClient(t, srv.URL, "glpat-x", clock())
-			_, err := c.ResolveGroup(context.Background(), "g")
+			_, err := c.ResolveOwner(context.Background(), ledger.GroupDeployToken, "g")
 			if !errors.Is(err, exchange.ErrRejected) {
 				t.Fatalf("err = %v, want ErrRejected", err)
 			}

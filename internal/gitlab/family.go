@@ -38,10 +38,11 @@ type AccessToken struct {
 }
 
 // ListManagedAccessTokens lists the active access tokens gltoken minted on
-// owner (those named ManagedNamePrefix…), every page. It asks GitLab to
+// the project or group with GitLab id owner (those named
+// ManagedNamePrefix…), every page. It asks GitLab to
 // filter by state (17.2+; older versions ignore it) and, for groups, by name,
 // and filters again here.
-func (c *Client) ListManagedAccessTokens(ctx context.Context, kind ledger.Kind, owner string) ([]AccessToken, error) {
+func (c *Client) ListManagedAccessTokens(ctx context.Context, kind ledger.Kind, owner int64) ([]AccessToken, error) {
 	all, err := c.listAccessTokens(ctx, kind, owner, ManagedNamePrefix)
 	if err != nil {
 		return nil, err
@@ -57,15 +58,15 @@ func (c *Client) ListManagedAccessTokens(ctx context.Context, kind ledger.Kind, 
 
 // listAccessTokens lists the active access tokens on owner whose name
 // contains search ("" for all).
-func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner, search string) ([]AccessToken, error) {
+func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner int64, search string) ([]AccessToken, error) {
 	if !isAccessToken(kind) {
 		return nil, fmt.Errorf("list access tokens: %w: %s is not an access token kind", exchange.ErrRejected, kind)
 	}
-	owner = strings.Trim(owner, "/")
-	if owner == "" {
-		return nil, fmt.Errorf("list %ss: %w: empty owner", kindName(kind), exchange.ErrRejected)
+	if owner <= 0 {
+		return nil, fmt.Errorf("list %ss: %w: no owner id", kindName(kind), exchange.ErrRejected)
 	}
-	op := fmt.Sprintf("list %ss on %s", kindName(kind), owner)
+	who := ownerName(owner, "")
+	op := fmt.Sprintf("list %ss on %s", kindName(kind), who)
 	var out []AccessToken
 	add := func(t *gl.PersonalAccessToken) {
 		if t == nil || !t.Active || t.Revoked || !strings.Contains(t.Name, search) {
@@ -112,7 +113,7 @@ func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner, 
 			if status(resp) == http.StatusNotFound {
 				return nil, c.unconfirmed(ctx, op, kind, owner)
 			}
-			return nil, c.mapError(op, roleNeeded(kind, owner), resp, err, false)
+			return nil, c.mapError(op, roleNeeded(kind, who), resp, err, false)
 		}
 		if resp == nil || resp.NextPage == 0 || resp.NextPage <= page {
 			return out, nil
@@ -131,9 +132,9 @@ func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef, name s
 	if !isAccessToken(ref.Kind) {
 		return 0, c.Revoke(ctx, ref)
 	}
-	owner := strings.Trim(ref.Owner, "/")
-	if owner == "" || ref.GitLabID <= 0 || !strings.HasPrefix(name, ManagedNamePrefix) {
-		return 0, fmt.Errorf("revoke %s family: %w: empty owner, token id or name", kindName(ref.Kind), exchange.ErrRejected)
+	owner := ref.Owner
+	if owner <= 0 || ref.GitLabID <= 0 || !strings.HasPrefix(name, ManagedNamePrefix) {
+		return 0, fmt.Errorf("revoke %s family: %w: no owner id, token id or name", kindName(ref.Kind), exchange.ErrRejected)
 	}
 	// One listing shows every live member; the common case (no rotation)
 	// costs it and the revoke.
@@ -160,7 +161,7 @@ func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef, name s
 		if t.ID != ref.GitLabID {
 			others++
 			c.log.WarnContext(ctx, "gitlab token of a credential's family revoked: it had rotated itself out of the ledger",
-				"kind", string(ref.Kind), "owner", owner, "gitlab_id", t.ID, "rotated_from", ref.GitLabID, "name", t.Name)
+				"kind", string(ref.Kind), "owner_id", owner, "gitlab_id", t.ID, "rotated_from", ref.GitLabID, "name", t.Name)
 		}
 	}
 	return others, errors.Join(errs...)
@@ -170,7 +171,7 @@ func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef, name s
 // returned. When the owner itself is visible the token is gone and the caller
 // learns it from confirmGone; here the owner answered 404 too (or could not
 // be asked), so the error wraps ErrRevokeUnconfirmed.
-func (c *Client) unconfirmed(ctx context.Context, op string, kind ledger.Kind, owner string) error {
+func (c *Client) unconfirmed(ctx context.Context, op string, kind ledger.Kind, owner int64) error {
 	visible, err := c.ownerVisible(ctx, kind, owner)
 	switch {
 	case err != nil:
@@ -184,7 +185,7 @@ func (c *Client) unconfirmed(ctx context.Context, op string, kind ledger.Kind, o
 // confirmGone settles a 404 on a token: when the owner is visible to the
 // service account, the token is gone (nil); otherwise the error wraps
 // ErrRevokeUnconfirmed (or says why the owner could not be checked).
-func (c *Client) confirmGone(ctx context.Context, op string, kind ledger.Kind, owner string) error {
+func (c *Client) confirmGone(ctx context.Context, op string, kind ledger.Kind, owner int64) error {
 	visible, err := c.ownerVisible(ctx, kind, owner)
 	switch {
 	case err != nil:
@@ -197,16 +198,16 @@ func (c *Client) confirmGone(ctx context.Context, op string, kind ledger.Kind, o
 
 // ownerVisible asks GitLab (uncached) whether the project or group is
 // visible to the service account: false on 404.
-func (c *Client) ownerVisible(ctx context.Context, kind ledger.Kind, owner string) (bool, error) {
+func (c *Client) ownerVisible(ctx context.Context, kind ledger.Kind, owner int64) (bool, error) {
 	var (
 		resp *gl.Response
 		err  error
 	)
 	switch kind {
 	case ledger.ProjectDeployToken, ledger.ProjectAccessToken:
-		_, resp, err = c.gl.Projects.GetProject(owner, nil, reqOpts(ctx, http.MethodGet, "/projects/:id")...)
+		_, resp, err = c.gl.Projects.GetProject(owner, nil, reqOpts(ctx, http.MethodGet, routeProject)...)
 	default:
-		_, resp, err = c.gl.Groups.GetGroup(owner, nil, reqOpts(ctx, http.MethodGet, "/groups/:id")...)
+		_, resp, err = c.gl.Groups.GetGroup(owner, nil, reqOpts(ctx, http.MethodGet, routeGroup)...)
 	}
 	switch {
 	case err == nil:
@@ -214,5 +215,5 @@ func (c *Client) ownerVisible(ctx context.Context, kind ledger.Kind, owner strin
 	case status(resp) == http.StatusNotFound:
 		return false, nil
 	}
-	return false, c.mapError("look up owner "+owner, "", resp, err, false)
+	return false, c.mapError("look up owner "+ownerName(owner, ""), "", resp, err, false)
 }

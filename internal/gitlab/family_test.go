@@ -35,8 +35,9 @@ func selfRotate(t *testing.T, st standin, owner, secret string) (int64, string) 
 func TestRevokeFamilyEndsSelfRotatedSuccessors(t *testing.T) {
 	st := newStandin(t)
 	ctx := context.Background()
+	lib := st.ownerID(t, ledger.ProjectAccessToken, "platform/lib")
 	mint := func(name string) exchange.Credential {
-		cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: ledger.ProjectAccessToken, Owner: "platform/lib",
+		cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: ledger.ProjectAccessToken, Owner: lib,
 			Scopes: []string{"api"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 30})
 		if err != nil {
 			t.Fatal(err)
@@ -61,7 +62,7 @@ func TestRevokeFamilyEndsSelfRotatedSuccessors(t *testing.T) {
 		t.Fatal("an unrelated token was revoked")
 	}
 	// Listing what gltoken minted shows only the unrelated token now.
-	list, err := st.c.ListManagedAccessTokens(ctx, ledger.ProjectAccessToken, "platform/lib")
+	list, err := st.c.ListManagedAccessTokens(ctx, ledger.ProjectAccessToken, lib)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func TestRevoke404IsConfirmed(t *testing.T) {
 			svc, _ := st.s.UserByName("gltoken-svc")
 			st.s.AddMember(svc, owner, gitlabfake.Maintainer)
 			name := "gltoken-404-" + strings.ReplaceAll(string(kind), "_", "-")
-			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: owner,
+			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: st.ownerID(t, kind, owner), OwnerPath: owner,
 				Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20})
 			if err != nil {
 				t.Fatal(err)
@@ -128,8 +129,9 @@ func TestRevoke404IsConfirmed(t *testing.T) {
 // GitLab for a token that may rotate itself, and sends nothing.
 func TestMintNeverRequestsSelfRotate(t *testing.T) {
 	st := newStandin(t)
+	lib := st.ownerID(t, ledger.ProjectAccessToken, "platform/lib")
 	before := len(st.s.Requests())
-	_, err := st.c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-sr", Kind: ledger.ProjectAccessToken, Owner: "platform/lib",
+	_, err := st.c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-sr", Kind: ledger.ProjectAccessToken, Owner: lib,
 		Scopes: []string{"read_repository", "self_rotate"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 30})
 	if !errors.Is(err, exchange.ErrRejected) {
 		t.Fatalf("Mint with self_rotate = %v, want ErrRejected", err)

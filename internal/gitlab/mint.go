@@ -27,6 +27,8 @@ const (
 	routeGroupAccessTokens   = "/groups/:id/access_tokens"
 	routeGroupAccessToken    = "/groups/:id/access_tokens/:token_id"
 	routeUser                = "/users/:id"
+	routeProject             = "/projects/:id"
+	routeGroup               = "/groups/:id"
 )
 
 // maxListPages bounds the pagination of FindByName (100 tokens a page).
@@ -55,19 +57,6 @@ func (c *Client) Mint(ctx context.Context, req exchange.MintRequest) (exchange.C
 	if err := c.validate(req); err != nil {
 		return exchange.Credential{}, err
 	}
-	var (
-		ownerID int64
-		err     error
-	)
-	switch req.Kind {
-	case ledger.ProjectDeployToken, ledger.ProjectAccessToken:
-		ownerID, err = c.ResolveProject(ctx, req.Owner)
-	default:
-		ownerID, err = c.ResolveGroup(ctx, req.Owner)
-	}
-	if err != nil {
-		return exchange.Credential{}, fmt.Errorf("mint %s %q: %w", kindName(req.Kind), req.Name, err)
-	}
 	if err := ctx.Err(); err != nil {
 		// Nothing was sent: not ambiguous.
 		return exchange.Credential{}, fmt.Errorf("mint %s %q: %w: %w", kindName(req.Kind), req.Name, exchange.ErrUnavailable, err)
@@ -75,21 +64,22 @@ func (c *Client) Mint(ctx context.Context, req exchange.MintRequest) (exchange.C
 
 	cred := exchange.Credential{
 		Kind:      req.Kind,
-		Owner:     strconv.FormatInt(ownerID, 10),
-		OwnerPath: req.Owner,
+		Owner:     req.Owner,
+		OwnerPath: req.OwnerPath,
 		Name:      req.Name,
 	}
+	var err error
 	switch req.Kind {
 	case ledger.ProjectDeployToken, ledger.GroupDeployToken:
-		err = c.mintDeployToken(ctx, req, ownerID, &cred)
+		err = c.mintDeployToken(ctx, req, &cred)
 	default:
-		err = c.mintAccessToken(ctx, req, ownerID, &cred)
+		err = c.mintAccessToken(ctx, req, &cred)
 	}
 	if err != nil {
 		return exchange.Credential{}, err
 	}
 	c.log.DebugContext(ctx, "gitlab token minted",
-		"kind", string(req.Kind), "owner", req.Owner, "owner_id", ownerID,
+		"kind", string(req.Kind), "owner", req.OwnerPath, "owner_id", req.Owner,
 		"name", req.Name, "gitlab_id", cred.GitLabID, "username", cred.Username,
 		"expires_at", cred.ExpiresAt, "secret_sha256", fingerprint(cred.Secret))
 	return cred, nil
@@ -102,8 +92,8 @@ func (c *Client) validate(req exchange.MintRequest) error {
 		return fmt.Errorf("mint: %w: unknown credential kind %q", exchange.ErrRejected, req.Kind)
 	case strings.TrimSpace(req.Name) == "":
 		return fmt.Errorf("%s: %w: empty token name", op, exchange.ErrRejected)
-	case strings.Trim(req.Owner, "/") == "":
-		return fmt.Errorf("%s: %w: empty owner", op, exchange.ErrRejected)
+	case req.Owner <= 0:
+		return fmt.Errorf("%s: %w: no owner id", op, exchange.ErrRejected)
 	case len(req.Scopes) == 0:
 		return fmt.Errorf("%s: %w: no scopes", op, exchange.ErrRejected)
 	case req.ExpiresAt.IsZero():
@@ -124,13 +114,13 @@ func (c *Client) validate(req exchange.MintRequest) error {
 	return nil
 }
 
-func (c *Client) mintDeployToken(ctx context.Context, req exchange.MintRequest, ownerID int64, cred *exchange.Credential) error {
+func (c *Client) mintDeployToken(ctx context.Context, req exchange.MintRequest, cred *exchange.Credential) error {
 	// Exact to the second, RFC 3339 UTC; no username, so GitLab picks
 	// gitlab+deploy-token-{id}.
 	exp := req.ExpiresAt.UTC().Truncate(time.Second)
 	scopes := append([]string(nil), req.Scopes...)
 	name := req.Name
-	op := fmt.Sprintf("create %s %q on %s", kindName(req.Kind), req.Name, req.Owner)
+	op := fmt.Sprintf("create %s %q on %s", kindName(req.Kind), req.Name, ownerName(req.Owner, req.OwnerPath))
 
 	var (
 		tok  *gl.DeployToken
@@ -138,11 +128,11 @@ func (c *Client) mintDeployToken(ctx context.Context, req exchange.MintRequest, 
 		err  error
 	)
 	if req.Kind == ledger.ProjectDeployToken {
-		tok, resp, err = c.gl.DeployTokens.CreateProjectDeployToken(ownerID,
+		tok, resp, err = c.gl.DeployTokens.CreateProjectDeployToken(req.Owner,
 			&gl.CreateProjectDeployTokenOptions{Name: &name, ExpiresAt: &exp, Scopes: &scopes},
 			reqOpts(ctx, http.MethodPost, routeProjectDeployTokens)...)
 	} else {
-		tok, resp, err = c.gl.DeployTokens.CreateGroupDeployToken(ownerID,
+		tok, resp, err = c.gl.DeployTokens.CreateGroupDeployToken(req.Owner,
 			&gl.CreateGroupDeployTokenOptions{Name: &name, ExpiresAt: &exp, Scopes: &scopes},
 			reqOpts(ctx, http.MethodPost, routeGroupDeployTokens)...)
 	}
@@ -166,12 +156,12 @@ func (c *Client) mintDeployToken(ctx context.Context, req exchange.MintRequest, 
 	return nil
 }
 
-func (c *Client) mintAccessToken(ctx context.Context, req exchange.MintRequest, ownerID int64, cred *exchange.Credential) error {
+func (c *Client) mintAccessToken(ctx context.Context, req exchange.MintRequest, cred *exchange.Credential) error {
 	date := gl.ISOTime(AccessTokenExpiryDate(req.ExpiresAt))
 	scopes := append([]string(nil), req.Scopes...)
 	name := req.Name
 	level := gl.AccessLevelValue(req.AccessLevel)
-	op := fmt.Sprintf("create %s %q on %s", kindName(req.Kind), req.Name, req.Owner)
+	op := fmt.Sprintf("create %s %q on %s", kindName(req.Kind), req.Name, ownerName(req.Owner, req.OwnerPath))
 
 	var (
 		tok  *gl.PersonalAccessToken
@@ -180,7 +170,7 @@ func (c *Client) mintAccessToken(ctx context.Context, req exchange.MintRequest, 
 	)
 	if req.Kind == ledger.ProjectAccessToken {
 		var t *gl.ProjectAccessToken
-		t, resp, err = c.gl.ProjectAccessTokens.CreateProjectAccessToken(ownerID,
+		t, resp, err = c.gl.ProjectAccessTokens.CreateProjectAccessToken(req.Owner,
 			&gl.CreateProjectAccessTokenOptions{Name: &name, Scopes: &scopes, AccessLevel: &level, ExpiresAt: &date},
 			reqOpts(ctx, http.MethodPost, routeProjectAccessTokens)...)
 		if t != nil {
@@ -188,7 +178,7 @@ func (c *Client) mintAccessToken(ctx context.Context, req exchange.MintRequest, 
 		}
 	} else {
 		var t *gl.GroupAccessToken
-		t, resp, err = c.gl.GroupAccessTokens.CreateGroupAccessToken(ownerID,
+		t, resp, err = c.gl.GroupAccessTokens.CreateGroupAccessToken(req.Owner,
 			&gl.CreateGroupAccessTokenOptions{Name: &name, Scopes: &scopes, AccessLevel: &level, ExpiresAt: &date},
 			reqOpts(ctx, http.MethodPost, routeGroupAccessTokens)...)
 		if t != nil {
@@ -238,21 +228,22 @@ func (c *Client) mapCreateError(op string, req exchange.MintRequest, resp *gl.Re
 	if code := status(resp); code >= 200 && code < 300 {
 		return fmt.Errorf("%s: %w: GitLab answered %d but the response was unreadable: %v", op, exchange.ErrAmbiguous, code, err)
 	}
-	return c.mapError(op, roleNeeded(req.Kind, req.Owner), resp, err, true)
+	return c.mapError(op, roleNeeded(req.Kind, ownerName(req.Owner, req.OwnerPath)), resp, err, true)
 }
 
-// FindByName looks for an active token of that kind named name under owner
-// (a full path or a decimal id). It pages through the owner's tokens. When
-// several match (which gltoken never causes), the newest is returned.
-func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner, name string) (exchange.TokenRef, bool, error) {
+// FindByName looks for an active token of that kind named name on the
+// project or group with GitLab id owner. It pages through the owner's
+// tokens. When several match (which gltoken never causes), the newest is
+// returned.
+func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner int64, name string) (exchange.TokenRef, bool, error) {
 	if !knownKind(kind) {
 		return exchange.TokenRef{}, false, fmt.Errorf("find token: %w: unknown credential kind %q", exchange.ErrRejected, kind)
 	}
-	owner = strings.Trim(owner, "/")
-	if owner == "" || name == "" {
-		return exchange.TokenRef{}, false, fmt.Errorf("find %s: %w: empty owner or name", kindName(kind), exchange.ErrRejected)
+	if owner <= 0 || name == "" {
+		return exchange.TokenRef{}, false, fmt.Errorf("find %s: %w: no owner id or name", kindName(kind), exchange.ErrRejected)
 	}
-	op := fmt.Sprintf("find %s %q on %s", kindName(kind), name, owner)
+	who := ownerName(owner, "")
+	op := fmt.Sprintf("find %s %q on %s", kindName(kind), name, who)
 	var (
 		best    int64
 		matches int
@@ -308,7 +299,7 @@ func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner, name s
 			}
 		}
 		if err != nil {
-			return exchange.TokenRef{}, false, c.mapError(op, roleNeeded(kind, owner), resp, err, false)
+			return exchange.TokenRef{}, false, c.mapError(op, roleNeeded(kind, who), resp, err, false)
 		}
 		if resp == nil || resp.NextPage == 0 || resp.NextPage <= page {
 			break
@@ -319,7 +310,7 @@ func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner, name s
 		return exchange.TokenRef{}, false, nil
 	}
 	if matches > 1 {
-		c.log.WarnContext(ctx, "several active gitlab tokens share one name", "kind", string(kind), "owner", owner, "name", name, "count", matches)
+		c.log.WarnContext(ctx, "several active gitlab tokens share one name", "kind", string(kind), "owner_id", owner, "name", name, "count", matches)
 	}
 	return exchange.TokenRef{Kind: kind, Owner: owner, GitLabID: best}, true, nil
 }
@@ -341,11 +332,12 @@ func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 	if !knownKind(ref.Kind) {
 		return fmt.Errorf("revoke token: %w: unknown credential kind %q", exchange.ErrRejected, ref.Kind)
 	}
-	owner := strings.Trim(ref.Owner, "/")
-	if owner == "" || ref.GitLabID <= 0 {
-		return fmt.Errorf("revoke %s: %w: empty owner or token id", kindName(ref.Kind), exchange.ErrRejected)
+	owner := ref.Owner
+	if owner <= 0 || ref.GitLabID <= 0 {
+		return fmt.Errorf("revoke %s: %w: no owner id or token id", kindName(ref.Kind), exchange.ErrRejected)
 	}
-	op := fmt.Sprintf("revoke %s %d on %s", kindName(ref.Kind), ref.GitLabID, owner)
+	who := ownerName(owner, "")
+	op := fmt.Sprintf("revoke %s %d on %s", kindName(ref.Kind), ref.GitLabID, who)
 	var (
 		resp *gl.Response
 		err  error
@@ -362,7 +354,7 @@ func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 	}
 	switch {
 	case err == nil:
-		c.log.DebugContext(ctx, "gitlab token revoked", "kind", string(ref.Kind), "owner", owner, "gitlab_id", ref.GitLabID)
+		c.log.DebugContext(ctx, "gitlab token revoked", "kind", string(ref.Kind), "owner_id", owner, "gitlab_id", ref.GitLabID)
 		return nil
 	case status(resp) == http.StatusNotFound:
 		// GitLab also answers 404 when the owner is no longer visible to the
@@ -370,7 +362,7 @@ func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 		if cerr := c.confirmGone(ctx, op, ref.Kind, owner); cerr != nil {
 			return cerr
 		}
-		c.log.DebugContext(ctx, "gitlab token already gone", "kind", string(ref.Kind), "owner", owner, "gitlab_id", ref.GitLabID)
+		c.log.DebugContext(ctx, "gitlab token already gone", "kind", string(ref.Kind), "owner_id", owner, "gitlab_id", ref.GitLabID)
 		return nil
 	case status(resp) == http.StatusBadRequest && isAccessToken(ref.Kind):
 		// GitLab answers 400 when the revoke service fails, e.g. when the
@@ -379,12 +371,12 @@ func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 			return nil
 		}
 	}
-	return c.mapError(op, roleNeeded(ref.Kind, owner), resp, err, false)
+	return c.mapError(op, roleNeeded(ref.Kind, who), resp, err, false)
 }
 
 // accessTokenGone reports whether the access token no longer works (absent,
 // revoked or inactive).
-func (c *Client) accessTokenGone(ctx context.Context, kind ledger.Kind, owner string, id int64) (bool, error) {
+func (c *Client) accessTokenGone(ctx context.Context, kind ledger.Kind, owner, id int64) (bool, error) {
 	var (
 		tok  *gl.PersonalAccessToken
 		resp *gl.Response
@@ -441,6 +433,14 @@ func kindName(k ledger.Kind) string {
 	return "token"
 }
 
+// ownerName names the owner in messages: its path when known, else its id.
+func ownerName(id int64, path string) string {
+	if path != "" {
+		return path
+	}
+	return strconv.FormatInt(id, 10)
+}
+
 // roleNeeded names the role GitLab requires, for 403 messages.
 func roleNeeded(k ledger.Kind, owner string) string {
 	switch k {
@@ -449,4 +449,43 @@ func roleNeeded(k ledger.Kind, owner string) string {
 	default:
 		return "Owner on group " + owner
 	}
+}
+
+// ResolveOwner implements exchange.Minter: the id of the project (project
+// kinds) or group (group kinds) whose canonical full path is exactly path.
+// GitLab's API also answers for an old path of a moved or renamed project
+// (a redirect route) and ignores case; those answers are refused with
+// exchange.ErrNotFound, because the policy allowed path and nothing else.
+// It always asks GitLab (one GET a mint): a cached id could belong to a
+// project moved since.
+func (c *Client) ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (int64, error) {
+	path = strings.Trim(path, "/")
+	if path == "" {
+		return 0, fmt.Errorf("resolve owner: %w: empty path", exchange.ErrRejected)
+	}
+	if !knownKind(kind) {
+		return 0, fmt.Errorf("resolve owner: %w: unknown credential kind %q", exchange.ErrRejected, kind)
+	}
+	var (
+		id        int64
+		canonical string
+	)
+	switch kind {
+	case ledger.ProjectDeployToken, ledger.ProjectAccessToken:
+		p, resp, err := c.gl.Projects.GetProject(path, nil, reqOpts(ctx, http.MethodGet, routeProject)...)
+		if err != nil {
+			return 0, c.mapError("resolve project "+path, "access to project "+path, resp, err, false)
+		}
+		id, canonical = p.ID, p.PathWithNamespace
+	default:
+		g, resp, err := c.gl.Groups.GetGroup(path, nil, reqOpts(ctx, http.MethodGet, routeGroup)...)
+		if err != nil {
+			return 0, c.mapError("resolve group "+path, "access to group "+path, resp, err, false)
+		}
+		id, canonical = g.ID, g.FullPath
+	}
+	if canonical != path {
+		return 0, fmt.Errorf("resolve %s: %w: GitLab knows it as %q (moved, renamed or differently cased); ask for that path", path, exchange.ErrNotFound, canonical)
+	}
+	return id, nil
 }

@@ -3,6 +3,7 @@ package gitlab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -54,6 +55,16 @@ func (st standin) count(method, prefix string) int {
 	return n
 }
 
+// ownerID resolves path as the exchange does before it mints.
+func (st standin) ownerID(t *testing.T, kind ledger.Kind, path string) int64 {
+	t.Helper()
+	id, err := st.c.ResolveOwner(context.Background(), kind, path)
+	if err != nil {
+		t.Fatalf("ResolveOwner(%s): %v", path, err)
+	}
+	return id
+}
+
 func (st standin) liveTokens(name string) int {
 	n := 0
 	for _, tok := range st.s.Tokens() {
@@ -84,7 +95,8 @@ func TestStandinMintEachKind(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.kind), func(t *testing.T) {
 			name := "gltoken-" + strings.ReplaceAll(string(tt.kind), "_", "-")
-			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: tt.kind, Owner: tt.owner,
+			owner := st.ownerID(t, tt.kind, tt.owner)
+			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: tt.kind, Owner: owner, OwnerPath: tt.owner,
 				Scopes: tt.scopes, ExpiresAt: now.Add(ttl), AccessLevel: tt.level})
 			if err != nil {
 				t.Fatalf("Mint: %v", err)
@@ -128,8 +140,8 @@ func TestStandinMintEachKind(t *testing.T) {
 					t.Errorf("username = %q, want GitLab's default", cred.Username)
 				}
 			}
-			if cred.Owner == "" || cred.Owner == tt.owner {
-				t.Errorf("credential owner = %q, want the numeric id", cred.Owner)
+			if cred.Owner != owner || cred.OwnerPath != tt.owner {
+				t.Errorf("credential owner = %d %q, want %d %q", cred.Owner, cred.OwnerPath, owner, tt.owner)
 			}
 			if strings.Contains(st.c.logs.String(), cred.Secret) || strings.Contains(st.c.logs.String(), st.token) {
 				t.Fatal("secret in logs")
@@ -141,16 +153,14 @@ func TestStandinMintEachKind(t *testing.T) {
 func TestStandinLostResponseReconciles(t *testing.T) {
 	st := newStandin(t)
 	ctx := context.Background()
-	if _, err := st.c.ResolveProject(ctx, "platform/lib"); err != nil {
-		t.Fatal(err)
-	}
+	lib := st.ownerID(t, ledger.ProjectDeployToken, "platform/lib")
 	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.ProjectAccessToken} {
 		t.Run(string(kind), func(t *testing.T) {
 			before := st.c.attempts(http.MethodPost)
 			remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, PathPrefix: "/api/v4/projects/", LoseResponse: true, Times: 1})
 			defer remove()
 			name := "gltoken-lost-" + strings.ReplaceAll(string(kind), "_", "-")
-			_, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: "platform/lib",
+			_, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: lib,
 				Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20})
 			if !errors.Is(err, exchange.ErrAmbiguous) {
 				t.Fatalf("Mint = %v, want ErrAmbiguous", err)
@@ -161,7 +171,7 @@ func TestStandinLostResponseReconciles(t *testing.T) {
 			if n := st.liveTokens(name); n != 1 {
 				t.Fatalf("%d live tokens named %s, want 1 (the create happened once)", n, name)
 			}
-			ref, ok, err := st.c.FindByName(ctx, kind, "platform/lib", name)
+			ref, ok, err := st.c.FindByName(ctx, kind, lib, name)
 			if err != nil || !ok {
 				t.Fatalf("FindByName = %v %v", ok, err)
 			}
@@ -175,7 +185,7 @@ func TestStandinLostResponseReconciles(t *testing.T) {
 			if n := st.liveTokens(name); n != 0 {
 				t.Fatalf("%d live tokens after revoke", n)
 			}
-			if _, ok, err := st.c.FindByName(ctx, kind, "platform/lib", name); err != nil || ok {
+			if _, ok, err := st.c.FindByName(ctx, kind, lib, name); err != nil || ok {
 				t.Fatalf("FindByName after revoke = %v %v, want none", ok, err)
 			}
 			if n := st.c.attempts(http.MethodPost) - before; n != 1 {
@@ -188,12 +198,10 @@ func TestStandinLostResponseReconciles(t *testing.T) {
 func TestStandinServerErrorNotRetried(t *testing.T) {
 	st := newStandin(t)
 	ctx := context.Background()
-	if _, err := st.c.ResolveProject(ctx, "platform/lib"); err != nil {
-		t.Fatal(err)
-	}
+	lib := st.ownerID(t, ledger.ProjectDeployToken, "platform/lib")
 	remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, PathPrefix: "/api/v4/projects/", Status: 503})
 	defer remove()
-	_, err := st.c.Mint(ctx, exchange.MintRequest{Name: "gltoken-5xx", Kind: ledger.ProjectDeployToken, Owner: "platform/lib",
+	_, err := st.c.Mint(ctx, exchange.MintRequest{Name: "gltoken-5xx", Kind: ledger.ProjectDeployToken, Owner: lib,
 		Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour)})
 	if !errors.Is(err, exchange.ErrAmbiguous) {
 		t.Fatalf("Mint = %v, want ErrAmbiguous", err)
@@ -204,7 +212,7 @@ func TestStandinServerErrorNotRetried(t *testing.T) {
 	if n := st.count(http.MethodPost, "/api/v4/projects/"); n != 1 {
 		t.Fatalf("the stand-in saw %d POSTs, want 1", n)
 	}
-	if _, ok, err := st.c.FindByName(ctx, ledger.ProjectDeployToken, "platform/lib", "gltoken-5xx"); err != nil || ok {
+	if _, ok, err := st.c.FindByName(ctx, ledger.ProjectDeployToken, lib, "gltoken-5xx"); err != nil || ok {
 		t.Fatalf("FindByName = %v %v, want none", ok, err)
 	}
 }
@@ -212,36 +220,43 @@ func TestStandinServerErrorNotRetried(t *testing.T) {
 func TestStandinErrorMapping(t *testing.T) {
 	st := newStandin(t)
 	ctx := context.Background()
-	st.s.AddProject("other/secret") // the service account is no member: GitLab hides it (404)
+	secret := st.s.AddProject("other/secret") // the service account is no member: GitLab hides it (404)
+	lib, _ := st.s.ProjectByPath("platform/lib")
+	devs := st.s.AddGroup("devs")
 
-	req := func(owner string, kind ledger.Kind) exchange.MintRequest {
-		return exchange.MintRequest{Name: "gltoken-e-" + owner, Kind: kind, Owner: owner,
+	req := func(owner int64, kind ledger.Kind) exchange.MintRequest {
+		return exchange.MintRequest{Name: "gltoken-e-" + strconv.FormatInt(owner, 10), Kind: kind, Owner: owner,
 			Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20}
 	}
-	if _, err := st.c.Mint(ctx, req("other/secret", ledger.ProjectDeployToken)); !errors.Is(err, exchange.ErrNotFound) {
+	if _, err := st.c.ResolveOwner(ctx, ledger.ProjectDeployToken, "other/secret"); !errors.Is(err, exchange.ErrNotFound) {
+		t.Errorf("resolve an invisible project: %v, want ErrNotFound", err)
+	}
+	if _, err := st.c.Mint(ctx, req(secret.ID, ledger.ProjectDeployToken)); !errors.Is(err, exchange.ErrNotFound) {
 		t.Errorf("mint on an invisible project: %v, want ErrNotFound", err)
 	}
-	if _, err := st.c.Mint(ctx, req("no/such", ledger.ProjectDeployToken)); !errors.Is(err, exchange.ErrNotFound) {
+	if _, err := st.c.ResolveOwner(ctx, ledger.ProjectDeployToken, "no/such"); !errors.Is(err, exchange.ErrNotFound) {
+		t.Errorf("resolve a missing project: %v, want ErrNotFound", err)
+	}
+	if _, err := st.c.Mint(ctx, req(999999, ledger.ProjectDeployToken)); !errors.Is(err, exchange.ErrNotFound) {
 		t.Errorf("mint on a missing project: %v, want ErrNotFound", err)
 	}
 	// A service account with only Developer rights.
-	st.s.AddGroup("devs")
 	svc := st.s.AddUser("weak-svc")
 	st.s.AddMember(svc, "devs", gitlabfake.Developer)
 	st.s.AddMember(svc, "platform/lib", gitlabfake.Developer)
 	weakExp := st.now().AddDate(0, 1, 0)
 	weak := newTestClient(t, st.s.URL(), st.s.CreatePersonalAccessToken(svc, "weak", []string{"api"}, &weakExp), st.now)
 	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.ProjectAccessToken} {
-		if _, err := weak.Mint(ctx, req("platform/lib", kind)); !errors.Is(err, exchange.ErrForbidden) {
+		if _, err := weak.Mint(ctx, req(lib.ID, kind)); !errors.Is(err, exchange.ErrForbidden) {
 			t.Errorf("%s by a Developer: %v, want ErrForbidden", kind, err)
 		}
 	}
-	if _, err := weak.Mint(ctx, req("devs", ledger.GroupDeployToken)); !errors.Is(err, exchange.ErrForbidden) {
+	if _, err := weak.Mint(ctx, req(devs.ID, ledger.GroupDeployToken)); !errors.Is(err, exchange.ErrForbidden) {
 		t.Errorf("group deploy token by a Developer: %v, want ErrForbidden", err)
 	}
 
 	remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, Status: 429, RetryAfter: 7 * time.Second})
-	_, err := st.c.Mint(ctx, req("platform/lib", ledger.ProjectDeployToken))
+	_, err := st.c.Mint(ctx, req(lib.ID, ledger.ProjectDeployToken))
 	remove()
 	var ra *exchange.RetryAfterError
 	if !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 7*time.Second {
@@ -262,19 +277,20 @@ func TestStandinRevokeIdempotent(t *testing.T) {
 	ctx := context.Background()
 	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken} {
 		t.Run(string(kind), func(t *testing.T) {
-			owner := "platform/lib"
+			path := "platform/lib"
 			if kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
-				owner = "platform/tools"
+				path = "platform/tools"
 			}
+			owner := st.ownerID(t, kind, path)
 			name := "gltoken-rv-" + strings.ReplaceAll(string(kind), "_", "-")
-			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: owner,
+			cred, err := st.c.Mint(ctx, exchange.MintRequest{Name: name, Kind: kind, Owner: owner, OwnerPath: path,
 				Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20})
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, ref := range []exchange.TokenRef{
 				{Kind: kind, Owner: cred.Owner, GitLabID: cred.GitLabID},
-				{Kind: kind, Owner: owner, GitLabID: cred.GitLabID}, // by path, already gone
+				{Kind: kind, Owner: owner, GitLabID: cred.GitLabID}, // already gone
 			} {
 				if err := st.c.Revoke(ctx, ref); err != nil {
 					t.Fatalf("Revoke(%+v): %v", ref, err)
@@ -287,22 +303,41 @@ func TestStandinRevokeIdempotent(t *testing.T) {
 	}
 }
 
-func TestStandinResolveCache(t *testing.T) {
+// TestStandinOneLookupPerMint: resolving the owner is the only GET of the
+// project or group a mint costs (GitLab is asked every time: a cached id
+// could belong to a project moved since), and the path travels URL-encoded,
+// "." included, as GitLab wants it.
+func TestStandinOneLookupPerMint(t *testing.T) {
 	st := newStandin(t)
 	ctx := context.Background()
-	for range 3 {
-		if _, err := st.c.ResolveProject(ctx, "platform/tools/cli"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.c.ResolveGroup(ctx, "platform/tools"); err != nil {
-			t.Fatal(err)
+	st.s.AddProject("platform/tools/cli.x")
+	for i := range 3 {
+		for _, tt := range []struct {
+			kind ledger.Kind
+			path string
+		}{
+			{ledger.ProjectAccessToken, "platform/tools/cli.x"},
+			{ledger.GroupDeployToken, "platform/tools"},
+		} {
+			owner := st.ownerID(t, tt.kind, tt.path)
+			if _, err := st.c.Mint(ctx, exchange.MintRequest{Name: fmt.Sprintf("gltoken-one-%d-%s", i, tt.kind), Kind: tt.kind,
+				Owner: owner, OwnerPath: tt.path, Scopes: []string{"read_repository"}, ExpiresAt: st.now().Add(time.Hour), AccessLevel: 20}); err != nil {
+				t.Fatalf("Mint on %s: %v", tt.path, err)
+			}
 		}
 	}
-	if n := st.count(http.MethodGet, "/api/v4/projects/platform%2Ftools%2Fcli"); n != 1 {
-		t.Errorf("%d project lookups, want 1", n)
+	if n := st.count(http.MethodGet, "/api/v4/projects/platform%2Ftools%2Fcli%2Ex"); n != 3 {
+		t.Errorf("%d project lookups for 3 mints, want 3", n)
 	}
-	if n := st.count(http.MethodGet, "/api/v4/groups/platform%2Ftools"); n != 1 {
-		t.Errorf("%d group lookups, want 1", n)
+	if n := st.count(http.MethodGet, "/api/v4/groups/platform%2Ftools"); n != 3 {
+		t.Errorf("%d group lookups for 3 mints, want 3", n)
+	}
+	// Nothing else of the project or group is read: no lookup by id.
+	for _, r := range st.s.Requests() {
+		if r.Method == http.MethodGet && (strings.Count(r.Path, "/") == 4 && (strings.HasPrefix(r.Path, "/api/v4/projects/") || strings.HasPrefix(r.Path, "/api/v4/groups/"))) &&
+			!strings.Contains(r.Path, "%2F") {
+			t.Errorf("extra lookup %s %s", r.Method, r.Path)
+		}
 	}
 }
 
@@ -317,11 +352,11 @@ func TestResolveOwnerRefusesRedirects(t *testing.T) {
 		t.Fatal(err)
 	}
 	lib, _ := st.s.ProjectByPath("platform/lib")
-	if id != strconv.FormatInt(lib.ID, 10) {
-		t.Fatalf("id = %s, want %d", id, lib.ID)
+	if id != lib.ID {
+		t.Fatalf("id = %d, want %d", id, lib.ID)
 	}
-	if gid, err := st.c.ResolveOwner(ctx, ledger.GroupDeployToken, "platform/tools"); err != nil || gid == "" {
-		t.Fatalf("group: %q %v", gid, err)
+	if gid, err := st.c.ResolveOwner(ctx, ledger.GroupDeployToken, "platform/tools"); err != nil || gid <= 0 {
+		t.Fatalf("group: %d %v", gid, err)
 	}
 	for _, tt := range []struct {
 		kind ledger.Kind

@@ -43,10 +43,10 @@ type Record struct {
 	ID    string // ledger id; the GitLab token is named "gltoken-" + ID
 	State State
 	Kind  Kind
-	// Owner is where the token lives in GitLab: the numeric project id or group
-	// id as a decimal string, or the URL-path of the project/group before it was
-	// resolved.
-	Owner string
+	// Owner is where the token lives in GitLab: the id of the project
+	// (project kinds) or group (group kinds). It is 0 only in records written
+	// before the ledger kept ids (their OwnerPath names the owner).
+	Owner int64
 	// OwnerPath is the human path of the owner (group/project), for audit and search.
 	OwnerPath string
 	Scopes    []string
@@ -113,7 +113,7 @@ const MaxSealedLen = 4096
 // OwnerRef names a project or group the daemon minted a kind of credential on.
 type OwnerRef struct {
 	Kind  Kind
-	Owner string // as in Record.Owner
+	Owner int64 // as in Record.Owner
 }
 
 // ErrNotFound: no record with that id (or fingerprint).
@@ -236,7 +236,8 @@ type Store interface {
 	CountOverdue(ctx context.Context, before time.Time) (int, error)
 	// Owners lists, once each and in no particular order, the (Kind, Owner)
 	// pairs of the records of those kinds created at or after since: where
-	// the daemon minted, for the sweep that looks for escaped tokens.
+	// the daemon minted, for the sweep that looks for escaped tokens. Records
+	// from before the ledger kept ids (Owner 0) are left out.
 	Owners(ctx context.Context, kinds []Kind, since time.Time) ([]OwnerRef, error)
 	// Ping checks the store is reachable (readiness).
 	Ping(ctx context.Context) error

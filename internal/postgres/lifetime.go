@@ -43,7 +43,7 @@ func (s *Store) Owners(ctx context.Context, kinds []ledger.Kind, since time.Time
 		ks[i] = string(k)
 	}
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT kind, owner FROM ledger_records
-		WHERE created_at >= $1 AND kind = ANY($2)`, ts(since), ks)
+		WHERE created_at >= $1 AND owner > 0 AND kind = ANY($2)`, ts(since), ks)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: owners: %w", err)
 	}

@@ -108,6 +108,12 @@ var migrations = []string{
 		PRIMARY KEY (ledger_id, job_id)
 	);
 	CREATE INDEX ledger_holders_job ON ledger_holders (job_id, held_since, ledger_id);`,
+
+	// 3: owner becomes the GitLab id. A record written before owners were
+	// ids keeps its path in owner_path, with owner 0.
+	`UPDATE ledger_records SET owner_path = owner WHERE owner_path = '' AND owner !~ '^[0-9]{1,18}$';
+	ALTER TABLE ledger_records ALTER COLUMN owner TYPE bigint
+		USING (CASE WHEN owner ~ '^[0-9]{1,18}$' THEN owner::bigint ELSE 0 END);`,
 }
 
 // migrate creates or upgrades the schema. Replicas starting together queue

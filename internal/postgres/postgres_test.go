@@ -209,3 +209,61 @@ func BenchmarkCreateActivate(b *testing.B) {
 func BenchmarkClaimDue(b *testing.B) {
 	ledgertest.BenchClaimDue(b, openTB(b, freshSchema(b)))
 }
+
+// TestMigrateOwnerToID: a ledger of schema version 2 kept the owner as text
+// (a decimal id, or a path in records from before ids); after the upgrade
+// every record reads back, ids as numbers, paths in OwnerPath, with its
+// holders.
+func TestMigrateOwnerToID(t *testing.T) {
+	dsn := freshSchema(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range migrations[:2] {
+		if _, err := conn.Exec(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE ledger_schema (version integer NOT NULL); INSERT INTO ledger_schema VALUES (2)`); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)
+	for _, row := range [][3]string{{"by-id", "42", "platform/lib"}, {"by-path", "platform/old", "platform/old"}, {"no-path", "platform/older", ""}} {
+		if _, err := conn.Exec(ctx, `INSERT INTO ledger_records (id, state, kind, owner, owner_path, scopes, resource, rule, subject,
+			project_id, pipeline_id, job_id, token_jti, gitlab_id, username, secret_sha256,
+			created_at, expires_at, next_attempt_at, attempts, last_error, revoked_at)
+			VALUES ($1, 'active', 'project_deploy_token', $2, $3, '{read_repository}', 'https://gitlab.example.com/platform/lib.git', 'r', 's',
+			'7', '11', '12', 'jti', 5, 'gitlab+deploy-token-5', '', $4, $5, $5, 0, '', NULL)`,
+			row[0], row[1], row[2], t0, t0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO ledger_holders VALUES ('by-id', '12', '7', '11', $1, $2, NULL)`, t0.Add(time.Hour), t0); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	s := openTB(t, dsn)
+	for _, tc := range []struct {
+		id        string
+		owner     int64
+		ownerPath string
+	}{
+		{"by-id", 42, "platform/lib"},
+		{"by-path", 0, "platform/old"},
+		{"no-path", 0, "platform/older"},
+	} {
+		r, err := s.Get(ctx, tc.id)
+		if err != nil {
+			t.Fatalf("Get(%s) after the upgrade: %v", tc.id, err)
+		}
+		if r.Owner != tc.owner || r.OwnerPath != tc.ownerPath || r.State != ledger.Active || r.GitLabID != 5 || len(r.Scopes) != 1 {
+			t.Errorf("%s after the upgrade: owner %d %q, %s #%d %v; want owner %d %q", tc.id, r.Owner, r.OwnerPath, r.State, r.GitLabID, r.Scopes, tc.owner, tc.ownerPath)
+		}
+	}
+	if hs, err := s.Holders(ctx, "by-id"); err != nil || len(hs) != 1 {
+		t.Errorf("Holders after the upgrade = %+v, %v; want the one", hs, err)
+	}
+}

@@ -47,7 +47,7 @@ func (s *Store) Owners(ctx context.Context, kinds []ledger.Kind, since time.Time
 		args = append(args, string(k))
 	}
 	rows, err := s.reader.QueryContext(ctx, `SELECT DISTINCT kind, owner FROM ledger_records
-		WHERE created_at >= ? AND kind IN (`+strings.Join(marks, ",")+`)`, args...)
+		WHERE created_at >= ? AND owner > 0 AND kind IN (`+strings.Join(marks, ",")+`)`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: owners: %w", err)
 	}

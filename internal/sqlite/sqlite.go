@@ -179,6 +179,15 @@ var migrations = []string{
 		PRIMARY KEY (ledger_id, job_id)
 	) STRICT;
 	CREATE INDEX ledger_holders_job ON ledger_holders (job_id, held_since, ledger_id);`,
+
+	// 3: owner becomes the GitLab id (an integer). A record written before
+	// owners were ids keeps its path in owner_path, with owner 0. (SQLite
+	// cannot change a column's type in place; a new column takes its place.)
+	`ALTER TABLE ledger_records ADD COLUMN owner_id INTEGER NOT NULL DEFAULT 0;
+	UPDATE ledger_records SET owner_path = owner WHERE owner_path = '' AND (owner = '' OR owner GLOB '*[^0-9]*');
+	UPDATE ledger_records SET owner_id = CAST(owner AS INTEGER) WHERE owner <> '' AND owner NOT GLOB '*[^0-9]*' AND length(owner) <= 18;
+	ALTER TABLE ledger_records DROP COLUMN owner;
+	ALTER TABLE ledger_records RENAME COLUMN owner_id TO owner;`,
 }
 
 // migrate checks the connection's durability settings and brings the schema

@@ -372,3 +372,62 @@ func TestMigratesVersion1(t *testing.T) {
 		t.Errorf("AddHolder on a migrated record: %v", err)
 	}
 }
+
+// TestMigrateOwnerToID: a ledger of schema version 2 kept the owner as text
+// (a decimal id, or a path in records from before ids); after the upgrade
+// every record reads back, ids as numbers, paths in OwnerPath, with its
+// holders and indexes.
+func TestMigrateOwnerToID(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, migrations[0]+";"+migrations[1]+"; PRAGMA user_version = 2"); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 27, 2, 0, 0, 0, time.UTC)
+	for _, row := range [][3]string{{"by-id", "42", "platform/lib"}, {"by-path", "platform/old", "platform/old"}, {"no-path", "platform/older", ""}} {
+		if _, err := db.ExecContext(ctx, `INSERT INTO ledger_records (id, state, kind, owner, owner_path, scopes, resource, rule, subject,
+			project_id, pipeline_id, job_id, token_jti, gitlab_id, username, secret_sha256,
+			created_at, expires_at, next_attempt_at, attempts, last_error, revoked_at)
+			VALUES (?, 'active', 'project_deploy_token', ?, ?, '["read_repository"]', 'https://gitlab.example.com/platform/lib.git', 'r', 's',
+			'7', '11', '12', 'jti', 5, 'gitlab+deploy-token-5', '', ?, ?, ?, 0, '', NULL)`,
+			row[0], row[1], row[2], t0.UnixMicro(), t0.Add(time.Hour).UnixMicro(), t0.Add(time.Hour).UnixMicro()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO ledger_holders VALUES ('by-id', '12', '7', '11', ?, ?, NULL)`,
+		t0.Add(time.Hour).UnixMicro(), t0.UnixMicro()); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s := openTB(t, path)
+	for _, tc := range []struct {
+		id        string
+		owner     int64
+		ownerPath string
+	}{
+		{"by-id", 42, "platform/lib"},
+		{"by-path", 0, "platform/old"},
+		{"no-path", 0, "platform/older"},
+	} {
+		r, err := s.Get(ctx, tc.id)
+		if err != nil {
+			t.Fatalf("Get(%s) after the upgrade: %v", tc.id, err)
+		}
+		if r.Owner != tc.owner || r.OwnerPath != tc.ownerPath || r.State != ledger.Active || r.GitLabID != 5 || len(r.Scopes) != 1 {
+			t.Errorf("%s after the upgrade: owner %d %q, %s #%d %v; want owner %d %q", tc.id, r.Owner, r.OwnerPath, r.State, r.GitLabID, r.Scopes, tc.owner, tc.ownerPath)
+		}
+	}
+	if hs, err := s.Holders(ctx, "by-id"); err != nil || len(hs) != 1 {
+		t.Errorf("Holders after the upgrade = %+v, %v; want the one", hs, err)
+	}
+	// The reaper still finds due records, through its index.
+	due, err := s.ClaimDue(ctx, t0.Add(2*time.Hour), time.Minute, 10)
+	if err != nil || len(due) != 3 {
+		t.Fatalf("ClaimDue after the upgrade: %d records, %v", len(due), err)
+	}
+}

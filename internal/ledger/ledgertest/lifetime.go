@@ -1,6 +1,7 @@
 package ledgertest
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -71,22 +72,23 @@ func testCountOverdue(t *testing.T, s ledger.Store) {
 
 func testOwners(t *testing.T, s ledger.Store) {
 	ctx := ctxFor(t)
-	add := func(id string, kind ledger.Kind, owner string, created time.Time) {
+	add := func(id string, kind ledger.Kind, owner int64, created time.Time) {
 		r := NewRecord(id, created, created.Add(time.Minute))
 		r.Kind, r.Owner = kind, owner
 		mustCreate(t, s, r)
 	}
-	add("ow-1", ledger.ProjectAccessToken, "10", t0)
-	add("ow-2", ledger.ProjectAccessToken, "10", t0.Add(time.Minute))
-	add("ow-3", ledger.ProjectAccessToken, "11", t0.Add(time.Hour))
-	add("ow-4", ledger.GroupAccessToken, "10", t0.Add(time.Hour))
-	add("ow-5", ledger.ProjectDeployToken, "12", t0.Add(time.Hour))
-	add("ow-6", ledger.ProjectAccessToken, "13", t0.Add(-time.Hour)) // too old
+	add("ow-1", ledger.ProjectAccessToken, 10, t0)
+	add("ow-2", ledger.ProjectAccessToken, 10, t0.Add(time.Minute))
+	add("ow-3", ledger.ProjectAccessToken, 11, t0.Add(time.Hour))
+	add("ow-4", ledger.GroupAccessToken, 10, t0.Add(time.Hour))
+	add("ow-5", ledger.ProjectDeployToken, 12, t0.Add(time.Hour))
+	add("ow-6", ledger.ProjectAccessToken, 13, t0.Add(-time.Hour)) // too old
+	add("ow-7", ledger.ProjectAccessToken, 0, t0.Add(time.Hour)) // from before owners were ids
 	got, err := s.Owners(ctx, []ledger.Kind{ledger.ProjectAccessToken, ledger.GroupAccessToken}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := func(o ledger.OwnerRef) string { return string(o.Kind) + ":" + o.Owner }
+	key := func(o ledger.OwnerRef) string { return fmt.Sprintf("%s:%d", o.Kind, o.Owner) }
 	var keys []string
 	for _, o := range got {
 		keys = append(keys, key(o))
