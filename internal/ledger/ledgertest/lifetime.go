@@ -83,7 +83,7 @@ func testOwners(t *testing.T, s ledger.Store) {
 	add("ow-4", ledger.GroupAccessToken, 10, t0.Add(time.Hour))
 	add("ow-5", ledger.ProjectDeployToken, 12, t0.Add(time.Hour))
 	add("ow-6", ledger.ProjectAccessToken, 13, t0.Add(-time.Hour)) // too old
-	add("ow-7", ledger.ProjectAccessToken, 0, t0.Add(time.Hour)) // from before owners were ids
+	add("ow-7", ledger.ProjectAccessToken, 0, t0.Add(time.Hour))   // from before owners were ids
 	got, err := s.Owners(ctx, []ledger.Kind{ledger.ProjectAccessToken, ledger.GroupAccessToken}, t0)
 	if err != nil {
 		t.Fatal(err)
