@@ -41,6 +41,7 @@ type gitActor struct {
 	tok       *token
 	abilities map[string]bool
 	login     string
+	oauth     bool // an OAuth access token
 }
 
 func (a *gitActor) anonymous() bool { return a.user == nil && a.deploy == nil }
@@ -56,12 +57,16 @@ func (a *gitActor) name() string {
 }
 
 // findForGitClientLocked reproduces the credential checks of find_for_git_client that exist
-// here: personal/project/group access tokens with any non-blank username, then deploy tokens
-// whose username equals the login. Passwords of users, CI job tokens, OAuth and LFS tokens are
-// not modelled and fail. project may be nil (registry token requests).
+// here, in its order: OAuth access tokens (any username), personal/project/group access tokens
+// with any non-blank username, then deploy tokens whose username equals the login. Passwords
+// of users, CI job tokens and LFS tokens are not modelled and fail. project may be nil
+// (registry token requests).
 func (s *Server) findForGitClientLocked(login, password string, project *Project) *gitActor {
 	if password == "" {
 		return nil
+	}
+	if a := s.oauthActorLocked(login, password); a != nil {
+		return a
 	}
 	t := s.tokenByHash[fingerprint(password)]
 	if t == nil {

@@ -179,6 +179,12 @@ func (s *Server) routes() http.Handler {
 	rt.handle("GET", "/oauth/discovery/keys", s.handleJWKS)
 	rt.handle("GET", "/jwt/auth", s.handleRegistryAuth)
 	rt.handle("GET", "/-/standin/id_token", s.handleStandinIDToken)
+	rt.handle("POST", "/-/standin/oauth/device", s.handleStandinDevice)
+	rt.handle("POST", "/oauth/authorize_device", s.handleAuthorizeDevice)
+	rt.handle("GET", "/oauth/device", s.handleDevicePage)
+	rt.handle("GET", "/oauth/authorize", s.handleAuthorize)
+	rt.handle("POST", "/oauth/token", s.handleOAuthToken)
+	rt.handle("POST", "/oauth/revoke", s.handleOAuthRevoke)
 
 	rt.handle("GET", "/api/v4/user", s.handleCurrentUser)
 	rt.handle("GET", "/api/v4/users/:id", s.handleGetUser)

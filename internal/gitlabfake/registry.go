@@ -138,6 +138,8 @@ func (s *Server) handleRegistryAuth(w http.ResponseWriter, r *http.Request, _ pa
 	}
 	if actor.deploy != nil {
 		claims["auth_type"] = "deploy_token"
+	} else if actor.oauth {
+		claims["auth_type"] = "oauth"
 	} else if actor.user != nil {
 		claims["auth_type"] = "personal_access_token"
 	} else {

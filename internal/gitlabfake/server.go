@@ -17,13 +17,19 @@
 //   - unknown tokens get 401 {"message":"401 Unauthorized"}, expired and revoked ones GitLab's
 //     rack-oauth2 {"error":"invalid_token",...}, missing scopes 403 insufficient_scope.
 //
-// Not modelled: passwords, OAuth applications, CI job tokens (JOB-TOKEN), LFS, SSH, user
+// OAuth as GitLab's Doorkeeper does it (applications, the device grant, the authorization code
+// grant with PKCE, refresh-token rotation, revocation, OAuth tokens for git and the registry):
+// see oauth.go.
+//
+// Not modelled: passwords, CI job tokens (JOB-TOKEN), LFS, SSH, user
 // namespaces, per-user rate limits (one limit for all requests), protected branches other than
 // the default branch.
 //
 // Stand-in-only route (GitLab has nothing like it), answered to loopback clients:
 // GET /-/standin/id_token?project=P&ref=R&ref_type=branch|tag&aud=A[&aud=B]&user=U&ref_protected=true
-// &environment=E&timeout=SECONDS returns an ID token for that job as text/plain.
+// &environment=E&timeout=SECONDS returns an ID token for that job as text/plain;
+// POST /-/standin/oauth/device user_code=C&user=U&action=approve|deny presses Authorize (as U)
+// or Deny on the device verification page.
 package gitlabfake
 
 import (
@@ -104,6 +110,18 @@ type Server struct {
 
 	requests []Request
 
+	nextAppID        int64
+	oauthApps        map[string]*OAuthApplication // by client id
+	browserUser      *User
+	deviceGrants     []*deviceGrant
+	deviceByCode     map[string]*deviceGrant
+	deviceByUserCode map[string]*deviceGrant
+	accessGrants     map[string]*accessGrant
+	oauthTokens      []*oauthToken
+	oauthByAccess    map[[32]byte]*oauthToken
+	oauthByRefresh   map[[32]byte]*oauthToken
+	oauthEvents      []OAuthTokenEvent
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -123,6 +141,12 @@ func New(opts Options) (*Server, error) {
 		members:          map[string]map[int64]int{},
 		tokenByHash:      map[[32]byte]*token{},
 		rateLimit:        defaultRateLimit,
+		oauthApps:        map[string]*OAuthApplication{},
+		deviceByCode:     map[string]*deviceGrant{},
+		deviceByUserCode: map[string]*deviceGrant{},
+		accessGrants:     map[string]*accessGrant{},
+		oauthByAccess:    map[[32]byte]*oauthToken{},
+		oauthByRefresh:   map[[32]byte]*oauthToken{},
 	}
 	if s.now == nil {
 		s.now = time.Now
