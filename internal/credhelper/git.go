@@ -30,6 +30,13 @@ func runGit(ctx context.Context, version, name string, args []string, env func(s
 	global := fs.Bool("global", false, "")
 	host := fs.String("host", "", "")
 	remove := fs.Bool("remove", false, "")
+	d := newDevSettings(env, s.trace)
+	fs.StringVar(&d.clientID, "client-id", "", "")
+	fs.BoolVar(&d.browser, "browser", false, "")
+	fs.BoolVar(&d.remember, "remember", false, "")
+	fs.StringVar(&d.socket, "socket", d.socket, "")
+	fs.StringVar(&d.grants, "grants-file", d.grants, "")
+	exitWhenEmpty := fs.Bool("exit-when-empty", false, "")
 	help := fs.BoolP("help", "h", false, "")
 	showVersion := fs.Bool("version", false, "")
 	if err := fs.Parse(args); err != nil {
@@ -44,7 +51,7 @@ func runGit(ctx context.Context, version, name string, args []string, env func(s
 		fmt.Fprintf(stdout, "%s %s\n", name, version)
 		return 0
 	case fs.NArg() == 0:
-		fmt.Fprintf(stderr, "gltoken: no operation; usage: %s [options] get|store|erase, or %s configure [--global] [--host URL] [--remove]; see --help\n", name, name)
+		fmt.Fprintf(stderr, "gltoken: no operation; usage: %s [options] get|store|erase, %s login|logout|status [--host URL], or %s configure [--global] [--host URL] [--remove]; see --help\n", name, name, name)
 		return 2
 	}
 	if s.margin < 0 {
@@ -58,14 +65,27 @@ func runGit(ctx context.Context, version, name string, args []string, env func(s
 		if err != nil {
 			return failf(stderr, "bad --scope or GLTOKEN_SCOPE: %v; give GitLab scope names separated by commas, e.g. read_repository,write_repository", err)
 		}
-		return gitGet(ctx, s, scopes, stdin, stdout, stderr)
+		return gitGet(ctx, s, d, scopes, stdin, stdout, stderr)
 	case "store":
 		// Nothing to store: every get mints (or the daemon serves from its cache).
 		_, _ = gitcred.Read(stdin)
 		s.trace("store: nothing to do")
 		return 0
 	case "erase":
-		return gitErase(ctx, s, stdin, stderr)
+		return gitErase(ctx, s, d, stdin, stderr)
+	case "login":
+		d.host, d.scope = *host, ""
+		if fs.Changed("scope") {
+			d.scope = *scope
+		}
+		return runLogin(ctx, d, stderr)
+	case "logout":
+		d.host = *host
+		return runLogout(ctx, d, stderr)
+	case "status":
+		return runStatus(ctx, d, stdout, stderr)
+	case "agent":
+		return runAgent(ctx, d, *exitWhenEmpty, stdout, stderr)
 	case "configure":
 		return configure(ctx, *global, *host, *remove, env, stdout, stderr)
 	case "version":
@@ -77,7 +97,7 @@ func runGit(ctx context.Context, version, name string, args []string, env func(s
 	return 0
 }
 
-func gitGet(ctx context.Context, s *settings, scopes []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func gitGet(ctx context.Context, s *settings, d *devSettings, scopes []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	req, err := gitcred.Read(stdin)
 	if err != nil {
 		return failf(stderr, "cannot read git's request: %v; this git speaks a credential protocol gltoken does not understand", err)
@@ -86,6 +106,9 @@ func gitGet(ctx context.Context, s *settings, scopes []string, stdin io.Reader, 
 	if req.Protocol != "" && req.Protocol != "https" && req.Protocol != "http" {
 		s.trace("not an HTTP(S) credential: no answer")
 		return 0
+	}
+	if !s.hasIDToken() {
+		return developerGet(ctx, s, d, req, stdout, stderr)
 	}
 	resource, err := req.Resource()
 	switch {
@@ -128,13 +151,17 @@ func gitGet(ctx context.Context, s *settings, scopes []string, stdin io.Reader, 
 // name when the bot could not be looked up).
 var mintedUsername = regexp.MustCompile(`^(gitlab\+deploy-token-[0-9]+|(project|group)_[0-9]+_bot_[0-9a-f]+|gltoken-[a-z2-7]+)$`)
 
-func gitErase(ctx context.Context, s *settings, stdin io.Reader, stderr io.Writer) int {
+func gitErase(ctx context.Context, s *settings, d *devSettings, stdin io.Reader, stderr io.Writer) int {
 	req, err := gitcred.Read(stdin)
 	if err != nil {
 		return failf(stderr, "cannot read git's request: %v", err)
 	}
 	if req.Password == "" {
 		s.trace("erase without a password: nothing to revoke")
+		return 0
+	}
+	if req.Username == "oauth2" && !s.hasIDToken() {
+		developerErase(ctx, s, d, req)
 		return 0
 	}
 	// git sends erase to every helper; a credential another helper gave (a

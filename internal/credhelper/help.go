@@ -10,6 +10,11 @@ SYNOPSIS
     {{name}} [--daemon URL] [--id-token-env VAR | --id-token-file PATH]
         [--scope SCOPE[,SCOPE…]] [--ca-file PEM] [--margin DURATION] get|store|erase
     {{name}} configure [--global] [--host URL] [--remove]
+    {{name}} login [--host URL] [--scope SCOPE[,SCOPE…]] [--browser]
+        [--client-id ID] [--remember]
+    {{name}} logout [--host URL]
+    {{name}} status
+    {{name}} agent [--socket PATH] [--grants-file PATH]
     {{name}} --help | --version
     docker-credential-gltoken get|store|erase|list|version
 
@@ -29,6 +34,25 @@ DESCRIPTION
             write the two git config lines below (runs git config); with
             --remove, delete them.
     Any other operation is ignored (exit 0), as git asks of helpers.
+
+    On a person's machine (no ID token in the environment) the helper
+    answers git with a GitLab OAuth access token instead, as username oauth2:
+
+    login   log in to GitLab once: the OAuth device flow prints a URL and a
+            code on standard error; approve it in any browser (this works
+            over SSH). --browser uses the authorization code flow with PKCE
+            and a loopback redirect instead. The grant goes to the agent.
+    logout  revoke the grant at GitLab and forget it.
+    status  list the hosts logged in to, their scopes, when the access token
+            expires and where the grant is kept; never a secret.
+    agent   the per-user process that holds the grants, on a Unix socket in
+            a 0700 directory, answering the same user only. login starts one
+            when none runs (it stops when its last grant is gone); or run it
+            as a systemd user unit. It renews the access token at half its
+            life, one renewal at a time however many git processes ask.
+            The refresh token lives in the agent's memory only, unless login
+            was given --remember: then also in a 0600 file that survives a
+            reboot.
 
     Every failure is one line on standard error, starting "gltoken:", that
     says what failed and what to do; nothing is printed on standard output.
@@ -64,6 +88,26 @@ OPTIONS
         $CI_SERVER_URL.
     --remove
         configure: remove the lines instead of writing them.
+    --host URL
+        login, logout: the GitLab URL. login's default: $GLTOKEN_HOST, else
+        https://gitlab.com; logout's: the only host logged in to.
+    --scope SCOPE[,SCOPE…]
+        login: the scopes to ask for. Default read_repository (clone and
+        fetch); name write_repository to push, read_registry/write_registry
+        for docker. read_repository is always included; api only if named.
+    --client-id ID
+        login: the OAuth application's id. Default $GLTOKEN_CLIENT_ID, else
+        git config gltoken.<url>.clientId (or gltoken.clientId).
+    --browser
+        login: use a browser on this machine (authorization code with PKCE on
+        http://127.0.0.1:PORT/) instead of the device flow. The browser is
+        $BROWSER, else xdg-open; the URL is printed too.
+    --remember
+        login: keep the grant in a 0600 file so it survives a reboot
+        ($XDG_STATE_HOME/gltoken/grants.json, else
+        ~/.local/state/gltoken/grants.json). Off by default.
+    --socket PATH, --grants-file PATH
+        agent: where it listens and keeps remembered grants.
     -h, --help
         Print this page.
     --version
@@ -82,6 +126,14 @@ ENVIRONMENT
     GLTOKEN_DEBUG=1         trace each step on standard error; secrets appear
                             only as SHA-256 fingerprints.
     CI_SERVER_URL           configure: the default --host.
+    GITLAB_CI               set in a GitLab CI job: without an ID token, say
+                            how to declare one (not how to log in).
+    GLTOKEN_HOST            login: the default --host.
+    GLTOKEN_CLIENT_ID       login: the default --client-id.
+    GLTOKEN_AGENT_SOCKET    the agent's socket. Default
+                            $XDG_RUNTIME_DIR/gltoken/agent.sock, else
+                            /tmp/gltoken-UID/agent.sock.
+    BROWSER                 login --browser: the browser command.
 
 GIT CONFIGURATION
     git must send the repository path, or the helper cannot tell which
@@ -115,6 +167,11 @@ EXAMPLES
 
         printf 'protocol=https\nhost=gitlab.example.com\npath=platform/lib.git\n\n' |
             GLTOKEN_DEBUG=1 {{name}} get
+
+    On a laptop, once (then git clone, fetch and push just work):
+
+        git config --global credential.https://gitlab.example.com.helper gltoken
+        {{name}} login --host https://gitlab.example.com --scope write_repository
 
     docker/podman/skopeo, in ~/.docker/config.json:
 

@@ -68,6 +68,11 @@ func (e errNoIDToken) Error() string {
 	return fmt.Sprintf("no ID token: %s is not set; declare it in the CI job with the id_tokens: keyword (id_tokens: {%s: {aud: <the daemon's audience>}}) or point --id-token-file (GLTOKEN_ID_TOKEN_FILE) at a file holding it", e.variable, e.variable)
 }
 
+// hasIDToken tells the CI path (an ID token is there) from a person's.
+func (s *settings) hasIDToken() bool {
+	return s.idTokenFile != "" || strings.TrimSpace(s.env(s.idTokenEnv)) != ""
+}
+
 // idToken returns the job's ID token from --id-token-file or the environment.
 func (s *settings) idToken() (string, error) {
 	if s.idTokenFile != "" {

@@ -117,7 +117,12 @@ type result struct {
 func runWith(t testing.TB, args []string, env map[string]string, stdin string) result {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	getenv := func(k string) string { return env[k] }
+	getenv := func(k string) string {
+		if k == "GLTOKEN_AGENT_SOCKET" && env[k] == "" {
+			return "/nonexistent/gltoken-agent.sock" // never a real agent of this machine
+		}
+		return env[k]
+	}
 	code := Run(context.Background(), "dev", args, getenv, strings.NewReader(stdin), &out, &errOut)
 	return result{code, out.String(), errOut.String()}
 }
@@ -231,15 +236,21 @@ func TestGetFailures(t *testing.T) {
 			wantStderr: "gltoken: git sent no repository path for https://gitlab.example.com, so gltoken cannot tell which repository to ask for; run: git config --global credential.https://gitlab.example.com.useHttpPath true\n",
 		},
 		{
-			name:       "missing ID token",
+			name:       "missing ID token, not logged in",
 			env:        map[string]string{},
+			stdin:      getInput,
+			wantStderr: "gltoken: not logged in to https://gitlab.example.com and no ID token ($GLTOKEN_ID_TOKEN is not set): run git-credential-gltoken login --host https://gitlab.example.com\n",
+		},
+		{
+			name:       "missing ID token in a CI job",
+			env:        map[string]string{"GITLAB_CI": "true"},
 			stdin:      getInput,
 			wantStderr: "gltoken: no ID token: GLTOKEN_ID_TOKEN is not set; declare it in the CI job with the id_tokens: keyword (id_tokens: {GLTOKEN_ID_TOKEN: {aud: <the daemon's audience>}}) or point --id-token-file (GLTOKEN_ID_TOKEN_FILE) at a file holding it\n",
 		},
 		{
 			name:       "missing ID token in a named variable",
 			args:       []string{"--id-token-env", "MY_TOKEN"},
-			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken},
+			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken, "GITLAB_CI": "true"},
 			stdin:      getInput,
 			wantStderr: "gltoken: no ID token: MY_TOKEN is not set; declare it in the CI job with the id_tokens: keyword (id_tokens: {MY_TOKEN: {aud: <the daemon's audience>}}) or point --id-token-file (GLTOKEN_ID_TOKEN_FILE) at a file holding it\n",
 		},
