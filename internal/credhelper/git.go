@@ -184,8 +184,12 @@ func gitErase(ctx context.Context, s *settings, d *devSettings, stdin io.Reader,
 	return 0
 }
 
-// configure writes (or removes) the two git config lines gltoken needs.
-// Unlike get, it runs git as a subprocess.
+// configure writes (or removes) the git config lines gltoken needs. In a CI job
+// (GITLAB_CI set) it writes the global config (the job's $HOME) unless told
+// otherwise, and the path setting the CI path needs. On a person's machine it
+// writes only the helper: the login path needs no repository path, so other
+// helpers' entries (credential.helper=store keeps entries without a path) keep
+// matching. Unlike get, it runs git as a subprocess.
 func configure(ctx context.Context, global bool, host string, remove bool, env func(string) string, stdout, stderr io.Writer) int {
 	if host == "" {
 		host = env("CI_SERVER_URL")
@@ -196,6 +200,10 @@ func configure(ctx context.Context, global bool, host string, remove bool, env f
 	base, err := credentialURL(host)
 	if err != nil {
 		return failf(stderr, "bad --host %q: %v; pass the GitLab URL as https://host[:port]", host, err)
+	}
+	inCI := env("GITLAB_CI") != ""
+	if inCI || !insideRepository(ctx) {
+		global = true // a job's checkout is not where another project's clone looks
 	}
 	scope := []string{"config"}
 	if global {
@@ -210,9 +218,17 @@ func configure(ctx context.Context, global bool, host string, remove bool, env f
 			append(append([]string{}, scope...), "--unset-all", pathKey),
 		}
 	} else {
-		steps = [][]string{
-			append(append([]string{}, scope...), helperKey, "gltoken"),
-			append(append([]string{}, scope...), pathKey, "true"),
+		others := otherHelpers(ctx, base)
+		steps = [][]string{append(append([]string{}, scope...), helperKey, "gltoken")}
+		if inCI {
+			steps = append(steps, append(append([]string{}, scope...), pathKey, "true"))
+		}
+		for _, o := range others {
+			if inCI {
+				fmt.Fprintln(stderr, oneLine(fmt.Sprintf("gltoken: warning: %s=%s also answers for %s; with useHttpPath its entries without a repository path stop matching, and it may answer before gltoken: remove it from this job's git config", o.key, o.value, base)))
+			} else {
+				fmt.Fprintln(stderr, oneLine(fmt.Sprintf("gltoken: note: %s=%s is asked before gltoken for %s and answers with what it stored; to use gltoken's login for this host, remove the host's entries from it (e.g. the %s line of ~/.git-credentials)", o.key, o.value, base, base)))
+			}
 		}
 	}
 	for _, args := range steps {
@@ -237,6 +253,37 @@ func configure(ctx context.Context, global bool, host string, remove bool, env f
 		fmt.Fprintf(stdout, "configured this repository; use --global to configure every repository of %s\n", base)
 	}
 	return 0
+}
+
+func insideRepository(ctx context.Context) bool {
+	out, err := exec.CommandContext(ctx, "git", "rev-parse", "--is-inside-work-tree").Output()
+	return err == nil && strings.TrimSpace(string(out)) == "true"
+}
+
+type configEntry struct{ key, value string }
+
+// otherHelpers lists the credential helpers other than gltoken that git asks
+// for base: credential.helper and credential.<url>.helper whose URL covers
+// base (git applies every matching entry, in config order).
+func otherHelpers(ctx context.Context, base string) []configEntry {
+	out, err := exec.CommandContext(ctx, "git", "config", "--get-regexp", `^credential\..*helper$`).Output()
+	if err != nil {
+		return nil
+	}
+	var found []configEntry
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		key, value, _ := strings.Cut(line, " ")
+		if value == "" || strings.HasPrefix(value, "gltoken") {
+			continue
+		}
+		lower := strings.ToLower(key)
+		u := strings.TrimSuffix(strings.TrimPrefix(lower, "credential."), ".helper")
+		if lower != "credential.helper" && u != base && !strings.HasPrefix(u, base+"/") {
+			continue
+		}
+		found = append(found, configEntry{key, value})
+	}
+	return found
 }
 
 // credentialURL reduces a GitLab URL to the scheme://host[:port] git matches

@@ -31,8 +31,12 @@ DESCRIPTION
     erase   git rejected a credential (HTTP 401): revoke exactly that one, so
             the next get mints afresh.
     configure
-            write the two git config lines below (runs git config); with
-            --remove, delete them.
+            write the git config lines below (runs git config); with
+            --remove, delete them. In a CI job (GITLAB_CI set), or outside
+            a repository, it writes the global config; only in a CI job it
+            writes useHttpPath (the login path needs no repository path, so
+            a credential.helper=store beside it keeps working). It warns
+            about other helpers that answer for the host.
     Any other operation is ignored (exit 0), as git asks of helpers.
 
     On a person's machine (no ID token in the environment) the helper
@@ -82,7 +86,8 @@ OPTIONS
         Refuse credentials with less life left than this (asking the daemon
         once more first). Default 60s.
     --global
-        configure: write to the global git config instead of the repository's.
+        configure: write to the global git config instead of the repository's
+        (the default in a CI job and outside a repository).
     --host URL
         configure: the GitLab URL, https://gitlab.example.com. Default
         $CI_SERVER_URL.

@@ -574,8 +574,14 @@ func TestConfigure(t *testing.T) {
 	t.Setenv("HOME", home)
 	t.Setenv("GIT_CONFIG_GLOBAL", global)
 	t.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	gitConfig := func() string {
+		out, _ := exec.Command("git", "config", "--global", "--get-regexp", `^credential\.`).Output()
+		return string(out)
+	}
+	ci := map[string]string{"GITLAB_CI": "true"}
 
-	r := runWith(t, []string{"git-credential-gltoken", "configure", "--global", "--host", "https://GitLab.example.com/"}, nil, "")
+	// In a CI job: both lines, global without asking.
+	r := runWith(t, []string{"git-credential-gltoken", "configure", "--host", "https://GitLab.example.com/"}, ci, "")
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("configure: %+v", r)
 	}
@@ -583,11 +589,7 @@ func TestConfigure(t *testing.T) {
 	if r.stdout != wantOut {
 		t.Fatalf("stdout = %q, want %q", r.stdout, wantOut)
 	}
-	out, err := exec.Command("git", "config", "--global", "--get-regexp", `^credential\.`).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := string(out), "credential.https://gitlab.example.com.helper gltoken\ncredential.https://gitlab.example.com.usehttppath true\n"; got != want {
+	if got, want := gitConfig(), "credential.https://gitlab.example.com.helper gltoken\ncredential.https://gitlab.example.com.usehttppath true\n"; got != want {
 		t.Fatalf("git config = %q, want %q", got, want)
 	}
 
@@ -596,14 +598,40 @@ func TestConfigure(t *testing.T) {
 	if r.code != 0 || r.stderr != "" {
 		t.Fatalf("configure --remove: %+v", r)
 	}
-	out, _ = exec.Command("git", "config", "--global", "--get-regexp", `^credential\.`).Output()
-	if len(out) != 0 {
-		t.Fatalf("after --remove: %q", out)
+	if got := gitConfig(); got != "" {
+		t.Fatalf("after --remove: %q", got)
 	}
 	// Removing again is not an error.
 	r = runWith(t, []string{"git-credential-gltoken", "configure", "--global", "--remove", "--host", "gitlab.example.com"}, nil, "")
 	if r.code != 0 {
 		t.Fatalf("second --remove: %+v", r)
+	}
+
+	// A person's machine with credential.helper=store and a stored token for the host: the login
+	// path needs no repository path, so configure writes only the helper, the stored entry keeps
+	// matching, and configure says which helper answers first.
+	if out, err := exec.Command("git", "config", "--global", "credential.helper", "store").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(home, ".git-credentials"), []byte("https://alice:glpat-personal@gitlab.example.com\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = runWith(t, []string{"git-credential-gltoken", "configure", "--global", "--host", "https://gitlab.example.com"}, nil, "")
+	if r.code != 0 || r.stdout != "git config --global credential.https://gitlab.example.com.helper gltoken\n" ||
+		!strings.HasPrefix(r.stderr, "gltoken: note: credential.helper=store is asked before gltoken for https://gitlab.example.com") {
+		t.Fatalf("configure beside store: %+v", r)
+	}
+	fill := exec.Command("git", "credential", "fill")
+	fill.Stdin = strings.NewReader("url=https://gitlab.example.com/platform/lib.git\n\n")
+	fill.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "PATH=/nonexistent:"+os.Getenv("PATH"))
+	out, err := fill.Output()
+	if err != nil || !strings.Contains(string(out), "username=alice\npassword=glpat-personal\n") {
+		t.Fatalf("the stored entry no longer matches: %v %q", err, out)
+	}
+	// The same in a CI job: warned, since useHttpPath would hide the entry.
+	r = runWith(t, []string{"git-credential-gltoken", "configure", "--host", "https://gitlab.example.com"}, ci, "")
+	if r.code != 0 || !strings.HasPrefix(r.stderr, "gltoken: warning: credential.helper=store also answers for https://gitlab.example.com; with useHttpPath") {
+		t.Fatalf("configure beside store in CI: %+v", r)
 	}
 
 	r = runWith(t, []string{"git-credential-gltoken", "configure", "--global"}, nil, "")
