@@ -58,6 +58,10 @@ DESCRIPTION
             was given --remember: then also in a 0600 file that survives a
             reboot.
 
+    When the daemon answers 429 (rate limited; nothing was minted), the
+    helper asks again at most twice, each time after the daemon's
+    Retry-After plus a little jitter, if that is at most 10s.
+
     Every failure is one line on standard error, starting "gltoken:", that
     says what failed and what to do; nothing is printed on standard output.
 

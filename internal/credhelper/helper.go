@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,8 @@ const (
 	defaultScope      = "read_repository"
 	defaultMargin     = 60 * time.Second
 	maxIDTokenFile    = 64 << 10
+	maxRetries        = 2                // retries of a 429
+	maxRetryWait      = 10 * time.Second // longest Retry-After the helper waits for
 	modulePath        = "gltoken.dev/gltoken"
 )
 
@@ -110,6 +113,33 @@ func (s *settings) idToken() (string, error) {
 func (s *settings) exchange(ctx context.Context, c *client.Client, idToken, resource string, scopes []string) (*client.Token, error) {
 	s.trace("POST %s/v1/token resource=%s scope=%q", c.Daemon(), resource, strings.Join(scopes, " "))
 	tok, err := c.Exchange(ctx, idToken, resource, scopes)
+	// A 429 minted nothing, so asking again is safe: at most twice, each after the daemon's
+	// Retry-After plus jitter (many jobs of one runner host must not come back at once), and
+	// only while that stays within maxRetryWait.
+	for retry := 1; retry <= maxRetries; retry++ {
+		var de *client.Error
+		if !errors.As(err, &de) || de.Status != 429 {
+			break
+		}
+		wait := de.RetryAfter
+		if wait <= 0 {
+			wait = time.Second
+		}
+		if wait > maxRetryWait {
+			s.trace("rate limited; Retry-After %s is longer than %s: not retrying", wait, maxRetryWait)
+			break
+		}
+		wait += time.Duration(rand.Int64N(int64(wait/4 + 100*time.Millisecond)))
+		s.trace("rate limited (request id %s): retry %d of %d in %s", orNone(de.RequestID), retry, maxRetries, wait.Round(time.Millisecond))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		tok, err = c.Exchange(ctx, idToken, resource, scopes)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -283,11 +283,11 @@ func TestGetFailures(t *testing.T) {
 			env:   map[string]string{"GLTOKEN_ID_TOKEN": testIDToken},
 			stdin: getInput,
 			answer: func(w http.ResponseWriter, n int) {
-				w.Header().Set("Retry-After", "5")
+				w.Header().Set("Retry-After", "30")
 				deny(429, "slow_down", "too many requests", "r-9")(w, n)
 			},
-			wantStderr: "gltoken: no credential for https://gitlab.example.com/platform/lib.git: too many requests (request id r-9); the daemon is rate limiting: retry in 5s\n",
-			wantCalls:  1,
+			wantStderr: "gltoken: no credential for https://gitlab.example.com/platform/lib.git: too many requests (request id r-9); the daemon is rate limiting: retry in 30s\n",
+			wantCalls:  1, // longer than the helper waits: no retry
 		},
 		{
 			name:       "bad git input",
@@ -331,6 +331,37 @@ func TestGetFailures(t *testing.T) {
 				t.Errorf("daemon calls = %d, want %d", got, tt.wantCalls)
 			}
 		})
+	}
+}
+
+// TestRetryRateLimited: a 429 is asked again after Retry-After (plus jitter), at most twice.
+func TestRetryRateLimited(t *testing.T) {
+	limited := func(w http.ResponseWriter, n int) {
+		w.Header().Set("Retry-After", "1")
+		deny(429, "slow_down", "too many requests", fmt.Sprint("r-", n))(w, n)
+	}
+	fd := &fakeDaemon{answer: func(w http.ResponseWriter, n int) {
+		if n == 1 {
+			limited(w, n)
+			return
+		}
+		grant(3599, testSecret)(w, n)
+	}}
+	env := map[string]string{"GLTOKEN_DAEMON": unixDaemon(t, fd), "GLTOKEN_ID_TOKEN": testIDToken}
+	start := time.Now()
+	r := runWith(t, []string{"git-credential-gltoken", "get"}, env, getInput)
+	if r.code != 0 || r.stderr != "" || len(fd.Calls()) != 2 {
+		t.Fatalf("one 429 then a grant: %+v, %d calls", r, len(fd.Calls()))
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Fatalf("retried after %s, before Retry-After", waited)
+	}
+
+	fd2 := &fakeDaemon{answer: limited}
+	env["GLTOKEN_DAEMON"] = unixDaemon(t, fd2)
+	r = runWith(t, []string{"git-credential-gltoken", "get"}, env, getInput)
+	if r.code != 1 || len(fd2.Calls()) != 3 || r.stderr != "gltoken: no credential for https://gitlab.example.com/platform/lib.git: too many requests (request id r-3); the daemon is rate limiting: retry in 1s\n" {
+		t.Fatalf("always 429: %+v, %d calls (want 3: the first and two retries)", r, len(fd2.Calls()))
 	}
 }
 
