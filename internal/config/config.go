@@ -31,10 +31,13 @@ type Config struct {
 	MaxTTL     Duration `yaml:"max_ttl"`
 
 	// Extensions to DESIGN.md's contract, all optional.
-	LogLevel       string    `yaml:"log_level"`       // debug|info|warn|error (default info)
-	ReaperInterval Duration  `yaml:"reaper_interval"` // default 10s
-	IDToken        IDToken   `yaml:"id_token"`
-	RateLimit      RateLimit `yaml:"rate_limit"`
+	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error (default info)
+	ReaperInterval Duration `yaml:"reaper_interval"` // default 10s
+	// SweepInterval: how often the owners minted on are listed for tokens
+	// that escaped the ledger (one GitLab call per owner; default 15m).
+	SweepInterval Duration  `yaml:"sweep_interval"`
+	IDToken       IDToken   `yaml:"id_token"`
+	RateLimit     RateLimit `yaml:"rate_limit"`
 
 	File string `yaml:"-"` // where it was loaded from
 }
@@ -211,6 +214,7 @@ var defaulted = []struct{ key, value string }{
 	{"max_ttl", "12h"},
 	{"log_level", "info"},
 	{"reaper_interval", "10s"},
+	{"sweep_interval", "15m"},
 	{"id_token.algorithms", "[RS256]"},
 	{"id_token.leeway", "60s"},
 	{"rate_limit.per_second", "20"},
@@ -257,6 +261,9 @@ func (c *Config) defaults() {
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = Duration(15 * time.Minute)
 	}
 	if c.ReaperInterval == 0 {
 		c.ReaperInterval = Duration(10 * time.Second)
@@ -362,6 +369,9 @@ func (c *Config) validate(d *decoder) {
 	}
 	if c.ReaperInterval.D() < time.Second || c.ReaperInterval.D() > 10*time.Minute {
 		add("reaper_interval", "reaper_interval: %s: must be between 1s and 10m", c.ReaperInterval.D())
+	}
+	if c.SweepInterval.D() < time.Second || c.SweepInterval.D() > 24*time.Hour {
+		add("sweep_interval", "sweep_interval: %s: must be between 1s and 24h", c.SweepInterval.D())
 	}
 	for _, a := range c.IDToken.Algorithms {
 		if !asymmetric[a] {

@@ -38,6 +38,7 @@ type Daemon struct {
 	verifier *idtoken.Verifier
 	store    ledger.Store
 	reaper   *exchange.Reaper
+	sweeper  *exchange.Sweeper
 	srv      *httpapi.Server
 	cancel   context.CancelFunc
 	ctx      context.Context
@@ -120,6 +121,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("exchange", err)
 	}
 	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, svc.Cache())
+	d.sweeper = exchange.NewSweeper(exchange.SweeperConfig{Interval: cfg.SweepInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, minter)
 	if cfg.Store.Driver == "sqlite" {
 		// The embedded ledger belongs to this process alone: every pending
 		// intent in it was left by a process that died mid-mint.
@@ -179,8 +181,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); d.reaper.Run(d.ctx) }()
+	go func() { defer wg.Done(); d.sweeper.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.onHangup(d.ctx, hup) }()
 
 	addrs := make([]string, 0, len(d.cfg.Listen))

@@ -252,7 +252,16 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 		ev.Outcome = "already_" + string(rec.State)
 		return nil
 	}
-	err = s.minter.Revoke(ctx, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID})
+	escaped, err := revokeFamily(ctx, s.minter, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID, Name: tokenName(rec.ID)})
+	for range escaped {
+		s.cfg.Observer.Revoked(rec.Kind, "escaped")
+	}
+	if escaped > 0 {
+		eev := auditEvent{RequestID: requestID, Outcome: "escaped_revoked", Peer: peer,
+			Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", escaped)}
+		eev.fromRecord(rec)
+		s.cfg.Audit.LogAttrs(ctx, slog.LevelWarn, "escaped credential revoked", eev.attrs()...)
+	}
 	if err != nil {
 		// The reaper retries it at once.
 		_ = s.store.RetryLater(ctx, rec.ID, s.cfg.Now(), err.Error())

@@ -84,12 +84,13 @@ func (s *Service) mintFailed(ctx context.Context, rec ledger.Record, err error) 
 		// (GitLab shows a secret only once), so end it and ask the client to
 		// retry. If it is not there (yet: GitLab may still be working on the
 		// request), the intent stays pending and the reaper looks again.
-		ref, found, ferr := s.minter.FindByName(ctx, rec.Kind, rec.Owner, "gltoken-"+rec.ID)
+		ref, found, ferr := s.minter.FindByName(ctx, rec.Kind, rec.Owner, tokenName(rec.ID))
 		switch {
 		case ferr != nil:
 			s.cfg.Logger.Warn("ambiguous mint left for the reaper", "ledger_id", rec.ID, "error", ferr)
 		case found:
-			if rerr := s.minter.Revoke(ctx, ref); rerr == nil {
+			ref.Name = tokenName(rec.ID)
+			if _, rerr := revokeFamily(ctx, s.minter, ref); rerr == nil {
 				_ = s.store.MarkRevoked(ctx, rec.ID, s.cfg.Now())
 				s.cfg.Observer.Revoked(rec.Kind, "ambiguous_mint")
 			}

@@ -85,6 +85,10 @@ type TokenRef struct {
 	Kind     ledger.Kind
 	Owner    int64 // GitLab id of the project/group
 	GitLabID int64
+	// Name is the token's GitLab name ("gltoken-" + ledger id), when known:
+	// a FamilyRevoker ends every active token of that name (a self-rotated
+	// successor keeps it).
+	Name string
 }
 
 // Errors the minter returns (wrapped, with detail) so the service can map them.

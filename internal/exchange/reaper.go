@@ -147,7 +147,16 @@ func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
 	case ledger.Pending:
 		outcome, err = r.reconcile(ctx, rec)
 	case ledger.Active:
-		err = r.minter.Revoke(ctx, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID})
+		var escaped int
+		escaped, err = revokeFamily(ctx, r.minter, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID, Name: tokenName(rec.ID)})
+		if escaped > 0 {
+			r.escaped(ctx, rec, escaped)
+		}
+		if errors.Is(err, ErrRevokeUnconfirmed) && !r.now().Before(deadInGitLab(rec)) {
+			// The owner is out of sight, but the token has passed its own
+			// GitLab expiry: it cannot work any more.
+			outcome, err = "expired_unconfirmed", nil
+		}
 		if err == nil {
 			err = r.store.MarkRevoked(ctx, rec.ID, r.now())
 		}
@@ -169,7 +178,12 @@ func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
 			r.log.Error("reaper could not record a failed attempt", "ledger_id", rec.ID, "error", rerr)
 		}
 		ev.Outcome, ev.Detail = "retry", fmt.Sprintf("%v (attempt %d, next in %s)", err, rec.Attempts+1, delay)
-		r.obs.Revoked(rec.Kind, "failed")
+		if errors.Is(err, ErrRevokeUnconfirmed) {
+			// Never taken as gone: the record stays live and is retried.
+			r.obs.Revoked(rec.Kind, "unconfirmed")
+		} else {
+			r.obs.Revoked(rec.Kind, "failed")
+		}
 		r.audit.LogAttrs(ctx, slog.LevelWarn, "revocation", ev.attrs()...)
 		return
 	}
@@ -180,9 +194,15 @@ func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
 // reconcile settles an intent: the credential was perhaps created before the
 // daemon died or the answer was lost, so look for it by its name.
 func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record) (string, error) {
-	ref, found, err := r.minter.FindByName(ctx, rec.Kind, rec.Owner, "gltoken-"+rec.ID)
-	if errors.Is(err, ErrNotFound) { // the owner itself is gone: so is the token
-		return "abandoned", r.store.Abandon(ctx, rec.ID, "owner not found in GitLab")
+	ref, found, err := r.minter.FindByName(ctx, rec.Kind, rec.Owner, tokenName(rec.ID))
+	if errors.Is(err, ErrNotFound) {
+		// GitLab also answers 404 when the owner is no longer visible to the
+		// service account, and a token made for the intent would still work:
+		// never abandon on that alone, unless any such token has expired.
+		if !deadInGitLab(rec).IsZero() && !r.now().Before(deadInGitLab(rec)) {
+			return "abandoned", r.store.Abandon(ctx, rec.ID, "owner not visible in GitLab, and any token of the intent has expired")
+		}
+		return "", fmt.Errorf("find intent %s by name: %w: %w", rec.ID, ErrRevokeUnconfirmed, err)
 	}
 	if err != nil {
 		return "", fmt.Errorf("find intent %s by name: %w", rec.ID, err)
@@ -200,10 +220,26 @@ func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record) (string, erro
 		}
 		return "abandoned", r.store.Abandon(ctx, rec.ID, "reconciled: no token of that name in GitLab")
 	}
-	if err := r.minter.Revoke(ctx, ref); err != nil {
+	ref.Name = tokenName(rec.ID)
+	escaped, err := revokeFamily(ctx, r.minter, ref)
+	if escaped > 0 {
+		r.escaped(ctx, rec, escaped)
+	}
+	if err != nil {
 		return "", err
 	}
 	return "reconciled_revoked", r.store.MarkRevoked(ctx, rec.ID, r.now())
+}
+
+// escaped records successors of rec's token that rotated themselves out of
+// the ledger and were revoked with it.
+func (r *Reaper) escaped(ctx context.Context, rec ledger.Record, n int) {
+	ev := auditEvent{Outcome: "escaped_revoked", Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", n)}
+	ev.fromRecord(rec)
+	for range n {
+		r.obs.Revoked(rec.Kind, "escaped")
+	}
+	r.audit.LogAttrs(ctx, slog.LevelWarn, "escaped credential revoked", ev.attrs()...)
 }
 
 // backoff doubles from the interval up to maxDelay, with jitter so replicas

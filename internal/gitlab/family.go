@@ -19,14 +19,12 @@ import (
 // so a successor made by self-rotation carries its ledger id too.
 const ManagedNamePrefix = "gltoken-"
 
-// ErrRevokeUnconfirmed: GitLab answered 404 to a revoke (or a family
-// listing) and the owner is not visible to the service account either, so
-// nothing shows the token is gone: GitLab also answers 404 when the project
-// moved to a group the service account is not in, or its membership was
-// removed, and the token then works until its own expiry date. The record
-// must stay live and be retried. Errors wrapping it also wrap
+// ErrRevokeUnconfirmed is exchange.ErrRevokeUnconfirmed: GitLab answered 404
+// to a revoke (or a family listing) and the owner is not visible to the
+// service account either (moved, membership removed), so the token may still
+// work until its own expiry date. Errors wrapping it also wrap
 // exchange.ErrNotFound.
-var ErrRevokeUnconfirmed = errors.New("gitlab: revoke answered 404 but the owner is not visible: the token may still work")
+var ErrRevokeUnconfirmed = exchange.ErrRevokeUnconfirmed
 
 // AccessToken is one project or group access token as GitLab lists it.
 type AccessToken struct {
@@ -52,6 +50,23 @@ func (c *Client) ListManagedAccessTokens(ctx context.Context, kind ledger.Kind, 
 		if strings.HasPrefix(t.Name, ManagedNamePrefix) {
 			out = append(out, t)
 		}
+	}
+	return out, nil
+}
+
+// ListManaged implements exchange.ManagedLister for access tokens (deploy
+// tokens cannot rotate themselves: none to list).
+func (c *Client) ListManaged(ctx context.Context, kind ledger.Kind, owner int64) ([]exchange.ManagedToken, error) {
+	if !isAccessToken(kind) {
+		return nil, nil
+	}
+	toks, err := c.ListManagedAccessTokens(ctx, kind, owner)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]exchange.ManagedToken, len(toks))
+	for i, t := range toks {
+		out[i] = exchange.ManagedToken{GitLabID: t.ID, Name: t.Name}
 	}
 	return out, nil
 }
@@ -123,12 +138,13 @@ func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner i
 }
 
 // RevokeFamily ends ref and every active token of its family: for an access
-// token, every active access token on the same owner named name (a
+// token, every active access token on the same owner named ref.Name (a
 // self-rotation's successor has a new id and the same name and bot user) or,
 // while ref is still active, held by ref's bot user. Deploy tokens cannot be rotated; for them it is Revoke.
 // It reports how many tokens other than ref.GitLabID it revoked (successors
 // that escaped the ledger). An already revoked ref is not an error.
-func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef, name string) (int, error) {
+func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef) (int, error) {
+	name := ref.Name
 	if !isAccessToken(ref.Kind) {
 		return 0, c.Revoke(ctx, ref)
 	}
@@ -154,7 +170,7 @@ func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef, name s
 		if t.ID != ref.GitLabID && t.Name != name && (bot == 0 || t.UserID != bot) {
 			continue
 		}
-		if err := c.Revoke(ctx, exchange.TokenRef{Kind: ref.Kind, Owner: owner, GitLabID: t.ID}); err != nil {
+		if err := c.Revoke(ctx, exchange.TokenRef{Kind: ref.Kind, Owner: owner, GitLabID: t.ID, Name: t.Name}); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -217,3 +233,8 @@ func (c *Client) ownerVisible(ctx context.Context, kind ledger.Kind, owner int64
 	}
 	return false, c.mapError("look up owner "+ownerName(owner, ""), "", resp, err, false)
 }
+
+var (
+	_ exchange.FamilyRevoker = (*Client)(nil)
+	_ exchange.ManagedLister = (*Client)(nil)
+)

@@ -51,7 +51,7 @@ func TestRevokeFamilyEndsSelfRotatedSuccessors(t *testing.T) {
 	if st.liveTokens("gltoken-fam") != 1 {
 		t.Fatal("setup: want one live successor")
 	}
-	n, err := st.c.RevokeFamily(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: cred.Owner, GitLabID: cred.GitLabID}, "gltoken-fam")
+	n, err := st.c.RevokeFamily(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: cred.Owner, GitLabID: cred.GitLabID, Name: "gltoken-fam"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestRevokeFamilyEndsSelfRotatedSuccessors(t *testing.T) {
 		t.Fatalf("ListManagedAccessTokens = %+v", list)
 	}
 	// The family of a token never rotated is the token itself.
-	if n, err := st.c.RevokeFamily(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: other.Owner, GitLabID: other.GitLabID}, "gltoken-other"); err != nil || n != 0 {
+	if n, err := st.c.RevokeFamily(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: other.Owner, GitLabID: other.GitLabID, Name: "gltoken-other"}); err != nil || n != 0 {
 		t.Fatalf("RevokeFamily(unrotated) = %d, %v", n, err)
 	}
 	if st.liveTokens("gltoken-other") != 0 {
@@ -110,7 +110,7 @@ func TestRevoke404IsConfirmed(t *testing.T) {
 				t.Fatal("the token should still be live in GitLab")
 			}
 			if kind == ledger.ProjectAccessToken {
-				if _, err := st.c.RevokeFamily(ctx, ref, name); !errors.Is(err, ErrRevokeUnconfirmed) {
+				if _, err := st.c.RevokeFamily(ctx, exchange.TokenRef{Kind: ref.Kind, Owner: ref.Owner, GitLabID: ref.GitLabID, Name: name}); !errors.Is(err, ErrRevokeUnconfirmed) {
 					t.Fatalf("RevokeFamily after losing the project = %v, want ErrRevokeUnconfirmed", err)
 				}
 			}
