@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-retryablehttp"
 	gl "gitlab.com/gitlab-org/api/client-go"
 
 	"gltoken.dev/gltoken/internal/exchange"
@@ -33,6 +35,13 @@ type AccessToken struct {
 	UserID    int64 // the token's bot user
 	Active    bool
 	ExpiresAt time.Time // 00:00 of the expiry date (UTC as GitLab shows it); zero if none
+}
+
+// projectTokenList is GET /projects/:id/access_tokens's query.
+type projectTokenList struct {
+	gl.ListOptions
+	State  *string `url:"state,omitempty"`
+	Search *string `url:"search,omitempty"`
 }
 
 // ListManagedAccessTokens lists the active access tokens gltoken minted on
@@ -105,12 +114,22 @@ func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner i
 			err  error
 		)
 		if kind == ledger.ProjectAccessToken {
-			// client-go has no search option for project tokens: filtered below.
-			opts := &gl.ListProjectAccessTokensOptions{ListOptions: lo, State: &state}
-			var ts []*gl.ProjectAccessToken
-			ts, resp, err = c.gl.ProjectAccessTokens.ListProjectAccessTokens(owner, opts, reqOpts(ctx, http.MethodGet, routeProjectAccessTokens)...)
-			for _, t := range ts {
-				add(&t.PersonalAccessToken)
+			// client-go has no search option for project tokens: the
+			// request is built here (GitLab ignores search before 17.x, and
+			// the names are filtered here again).
+			opts := projectTokenList{ListOptions: lo, State: &state}
+			if search != "" {
+				opts.Search = &search
+			}
+			var req *retryablehttp.Request
+			req, err = c.gl.NewRequest(http.MethodGet, "projects/"+strconv.FormatInt(owner, 10)+"/access_tokens", &opts,
+				reqOpts(ctx, http.MethodGet, routeProjectAccessTokens))
+			if err == nil {
+				var ts []*gl.ProjectAccessToken
+				resp, err = c.gl.Do(req, &ts)
+				for _, t := range ts {
+					add(&t.PersonalAccessToken)
+				}
 			}
 		} else {
 			st := gl.AccessTokenState(state)
@@ -139,8 +158,9 @@ func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner i
 
 // RevokeFamily ends ref and every active token of its family: for an access
 // token, every active access token on the same owner named ref.Name (a
-// self-rotation's successor has a new id and the same name and bot user) or,
-// while ref is still active, held by ref's bot user. Deploy tokens cannot be rotated; for them it is Revoke.
+// self-rotation's successor has a new id and the same name and bot user;
+// GitLab lists by name, so a token of the same bot under another name, which
+// GitLab gives no way to make, is not looked for). Deploy tokens cannot be rotated; for them it is Revoke.
 // It reports how many tokens other than ref.GitLabID it revoked (successors
 // that escaped the ledger). An already revoked ref is not an error.
 func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef) (int, error) {
@@ -152,22 +172,16 @@ func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef) (int, 
 	if owner <= 0 || ref.GitLabID <= 0 || !strings.HasPrefix(name, ManagedNamePrefix) {
 		return 0, fmt.Errorf("revoke %s family: %w: no owner id, token id or name", kindName(ref.Kind), exchange.ErrRejected)
 	}
-	// One listing shows every live member; the common case (no rotation)
-	// costs it and the revoke.
-	active, err := c.listAccessTokens(ctx, ref.Kind, owner, "")
+	// One listing (filtered by name on GitLab's side) shows every live
+	// member; the common case (no rotation) costs it and the revoke.
+	active, err := c.listAccessTokens(ctx, ref.Kind, owner, name)
 	if err != nil {
 		return 0, fmt.Errorf("revoke family of %s %d: %w", kindName(ref.Kind), ref.GitLabID, err)
-	}
-	var bot int64
-	for _, t := range active {
-		if t.ID == ref.GitLabID {
-			bot = t.UserID
-		}
 	}
 	others := 0
 	var errs []error
 	for _, t := range active {
-		if t.ID != ref.GitLabID && t.Name != name && (bot == 0 || t.UserID != bot) {
+		if t.ID != ref.GitLabID && t.Name != name {
 			continue
 		}
 		if err := c.Revoke(ctx, exchange.TokenRef{Kind: ref.Kind, Owner: owner, GitLabID: t.ID, Name: t.Name}); err != nil {
