@@ -3,8 +3,11 @@ package credhelper
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,6 +204,45 @@ func TestDeveloperDeviceLoginGitAndLogout(t *testing.T) {
 		_, err := net.Dial("unix", w.sock)
 		return err != nil
 	})
+}
+
+// TestDeveloperDocker: docker-credential-gltoken hands the login's access token to docker, and
+// GitLab's registry token endpoint accepts it for the projects the person may read.
+func TestDeveloperDocker(t *testing.T) {
+	w := newDevWorld(t, nil)
+	t.Cleanup(func() { stopAgent(t, w.sock) })
+	done := approveWhenAsked(t, w.gl, w.alice, false)
+	r := runWith(t, []string{"git-credential-gltoken", "login", "--host", w.gl.URL(), "--scope", "read_registry"}, w.env, "")
+	done()
+	if r.code != 0 {
+		t.Fatalf("login: %+v", r)
+	}
+	r = runWith(t, []string{"docker-credential-gltoken", "get"}, w.env, "registry.example.com\n")
+	var cred struct{ ServerURL, Username, Secret string }
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &cred) != nil || cred.Username != "oauth2" || cred.Secret == "" {
+		t.Fatalf("docker get: %+v", r)
+	}
+	access := func(project string) string {
+		req, _ := http.NewRequest("GET", w.gl.URL()+"/jwt/auth?service=container_registry&scope=repository:"+project+":pull,push", nil)
+		req.SetBasicAuth(cred.Username, cred.Secret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct{ Token string }
+		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&body) != nil {
+			t.Fatalf("/jwt/auth: %d", resp.StatusCode)
+		}
+		payload, _ := base64.RawURLEncoding.DecodeString(strings.Split(body.Token, ".")[1])
+		return string(payload)
+	}
+	if p := access("platform/app"); !strings.Contains(p, `"actions":["pull"]`) || !strings.Contains(p, `"auth_type":"oauth"`) {
+		t.Fatalf("registry token for platform/app: %s", p)
+	}
+	if p := access("platform/secret"); !strings.Contains(p, `"access":[]`) {
+		t.Fatalf("registry token for a project alice cannot read: %s", p)
+	}
 }
 
 func TestDeveloperLoginDenied(t *testing.T) {

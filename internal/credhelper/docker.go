@@ -65,6 +65,9 @@ func (h *dockerHelper) Get(ctx context.Context, serverURL string) (dockercred.Cr
 	if err != nil {
 		return dockercred.Credentials{}, fmt.Errorf("gltoken: %w", err)
 	}
+	if !h.s.hasIDToken() && h.s.env("GITLAB_CI") == "" {
+		return h.developerGet(ctx, serverURL, host)
+	}
 	project := envOr(h.s.env, "GLTOKEN_REGISTRY_PROJECT", h.s.env("CI_PROJECT_PATH"))
 	if project == "" {
 		return dockercred.Credentials{}, h.notFound("no registry project for %s: set GLTOKEN_REGISTRY_PROJECT to the project path (in a CI job CI_PROJECT_PATH is used)", host)
@@ -96,6 +99,35 @@ func (h *dockerHelper) Get(ctx context.Context, serverURL string) (dockercred.Cr
 		return dockercred.Credentials{}, fmt.Errorf("gltoken: no credential for %s: %s", resource, describe(err))
 	}
 	return dockercred.Credentials{ServerURL: serverURL, Username: tok.Username, Secret: tok.AccessToken}, nil
+}
+
+// developerGet answers docker for a person logged in with login: GitLab's /jwt/auth accepts
+// the OAuth access token as the password (Gitlab::Auth#find_for_git_client, OAuth tokens
+// first, abilities from the token's read_registry/write_registry scopes, membership as for the
+// user). The GitLab instance is $GLTOKEN_HOST, else the only one logged in to.
+func (h *dockerHelper) developerGet(ctx context.Context, serverURL, registry string) (dockercred.Credentials, error) {
+	d := newDevSettings(h.s.env, h.s.trace)
+	c := d.client()
+	gitlabHost := h.s.env("GLTOKEN_HOST")
+	if gitlabHost == "" {
+		st, err := c.Status(ctx)
+		if err != nil || len(st.Hosts) != 1 {
+			return dockercred.Credentials{}, h.notFound("no credential for %s: no ID token, and not logged in to exactly one GitLab (set GLTOKEN_HOST, or run git-credential-gltoken login --scope read_registry)", registry)
+		}
+		gitlabHost = st.Hosts[0].Host
+		if !slices.Contains(st.Hosts[0].Scopes, "read_registry") && !slices.Contains(st.Hosts[0].Scopes, "write_registry") {
+			return dockercred.Credentials{}, h.notFound("no credential for %s: the login to %s has no registry scope: run git-credential-gltoken login --host %s --scope read_registry", registry, gitlabHost, gitlabHost)
+		}
+	}
+	gitlabHost, err := credentialURL(gitlabHost)
+	if err != nil {
+		return dockercred.Credentials{}, fmt.Errorf("gltoken: bad GLTOKEN_HOST: %w", err)
+	}
+	tok, err := c.Token(ctx, gitlabHost)
+	if err != nil {
+		return dockercred.Credentials{}, h.notFound("no credential for %s: %v; %s", registry, err, loginAdvice(gitlabHost))
+	}
+	return dockercred.Credentials{ServerURL: serverURL, Username: "oauth2", Secret: tok.AccessToken}, nil
 }
 
 // Store keeps nothing: every get mints, or the daemon serves from its cache.

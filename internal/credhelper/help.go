@@ -215,6 +215,11 @@ ENVIRONMENT
     GLTOKEN_DAEMON, GLTOKEN_ID_TOKEN, GLTOKEN_ID_TOKEN_FILE, GLTOKEN_CA_FILE,
     GLTOKEN_SCOPE, GLTOKEN_DEBUG: as for git-credential-gltoken.
     GLTOKEN_REGISTRY_PROJECT  the project path; default $CI_PROJECT_PATH.
+    GLTOKEN_HOST              without an ID token (a person logged in with
+                              git-credential-gltoken login --scope
+                              read_registry): the GitLab instance whose
+                              access token is answered, as username oauth2;
+                              default the only one logged in to.
 
 EXAMPLES
     echo registry.example.com | {{name}} get

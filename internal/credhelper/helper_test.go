@@ -557,7 +557,7 @@ func TestDockerNotFoundAndErrors(t *testing.T) {
 	}{
 		{
 			name:       "no ID token",
-			env:        map[string]string{"CI_PROJECT_PATH": "platform/app"},
+			env:        map[string]string{"CI_PROJECT_PATH": "platform/app", "GITLAB_CI": "true"},
 			wantStdout: "credentials not found in native keychain\n",
 			wantStderr: "gltoken: no ID token: GLTOKEN_ID_TOKEN is not set; declare it in the CI job with the id_tokens: keyword (id_tokens: {GLTOKEN_ID_TOKEN: {aud: <the daemon's audience>}}) or point --id-token-file (GLTOKEN_ID_TOKEN_FILE) at a file holding it\n",
 		},
