@@ -104,6 +104,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 			return d.store.CountOverdue(ctx, time.Now().Add(-overdueGrace(cfg)))
 		},
 		JWKSRefreshes: d.verifier.Refreshes,
+		VerifyCache:   d.verifier.CacheStats,
 		PolicyRules:   func() int { return len(d.policy.Current().Rules()) },
 		PolicyReloads: d.policy.Reloads,
 	})

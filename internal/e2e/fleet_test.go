@@ -120,6 +120,10 @@ func TestRunnerHostDefaults(t *testing.T) {
 			t.Errorf("valid requests were limited: %s", grepLines(metrics, "gltoken_rate_limited_total"))
 		}
 	}
+	// Each job's token was verified once: the cached wave checked no signature.
+	if hits := metricValue(t, metrics, "gltoken_id_token_cache_hits_total"); hits < float64(jobs*len(repos)) {
+		t.Errorf("ID-token cache hits %v, want at least %d", hits, jobs*len(repos))
+	}
 	t.Logf("%d requests, %d deploy tokens created, garbage: %v; %s", 2*jobs*len(repos), creates, bad, grepLines(metrics, "gltoken_rate_limited_total"))
 }
 
@@ -131,6 +135,22 @@ func countCreates(w *world) int {
 		}
 	}
 	return n
+}
+
+// metricValue reads one unlabelled sample from a scrape.
+func metricValue(t *testing.T, scrape, name string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(scrape, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("%s: %v", l, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }
 
 // metrics scrapes /metrics.

@@ -120,6 +120,10 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives fetch failures and key-set changes (never a token); default discards.
 	Logger *slog.Logger
+	// CacheSize bounds how many verified tokens are remembered (by SHA-256) until their exp,
+	// so that a job's token is verified once, not once per repository; default
+	// DefaultCacheSize, negative disables the cache.
+	CacheSize int
 }
 
 // Token is a verified ID token.
@@ -168,6 +172,9 @@ type Verifier struct {
 	lastOnDemand time.Time // last fetch triggered by Verify (unknown kid or no keys yet)
 
 	refreshOK, refreshFailed atomic.Uint64
+
+	verified               *verifiedCache // nil: no cache
+	cacheHits, cacheMisses atomic.Uint64
 }
 
 // New validates cfg, starts the JWKS cache and tries a first fetch. A failed first fetch is
@@ -225,6 +232,9 @@ func newVerifier(cfg Config) (*Verifier, error) {
 		maxTokenBytes: cfg.MaxTokenBytes,
 		now:           cfg.Now,
 		log:           cfg.Logger,
+	}
+	if cfg.CacheSize > 0 {
+		v.verified = newVerifiedCache(cfg.CacheSize)
 	}
 	v.parser = jwt.NewParser(
 		jwt.WithValidMethods(v.algs),
@@ -303,6 +313,9 @@ func normalise(cfg *Config) error {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.CacheSize == 0 {
+		cfg.CacheSize = DefaultCacheSize
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -355,6 +368,15 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Token, error) {
 	if len(raw) > v.maxTokenBytes {
 		return nil, fmt.Errorf("%w: %d bytes exceeds %d", ErrTooLarge, len(raw), v.maxTokenBytes)
 	}
+	var sum [sha256.Size]byte
+	if v.verified != nil {
+		sum = sha256.Sum256([]byte(raw))
+		if tok, ok := v.verified.get(sum, v.now(), v.keys.Load()); ok {
+			v.cacheHits.Add(1)
+			return tok, nil
+		}
+		v.cacheMisses.Add(1)
+	}
 	hdr, err := checkStructure(raw, v.algs)
 	if err != nil {
 		return nil, err
@@ -362,6 +384,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Token, error) {
 
 	// The key lookup's own error is kept apart so that it reaches the caller unwrapped by jwt.
 	var keyErr error
+	var pub any
 	keyfunc := func(t *jwt.Token) (any, error) {
 		if t.Method == nil || t.Method.Alg() != hdr.alg {
 			// Cannot happen (same bytes, duplicates refused); refuse rather than trust either.
@@ -369,7 +392,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Token, error) {
 			return nil, keyErr
 		}
 		k, err := v.key(ctx, hdr.alg, hdr.kid)
-		keyErr = err
+		keyErr, pub = err, k
 		return k, err
 	}
 	claims := &claimSet{}
@@ -380,7 +403,17 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Token, error) {
 		}
 		return nil, v.mapError(err, hdr, claims)
 	}
-	return claims.token(hdr.kid), nil
+	tok := claims.token(hdr.kid)
+	if v.verified != nil {
+		v.verified.put(sum, tok, pub)
+	}
+	return tok, nil
+}
+
+// CacheStats returns how many verifications were answered from the cache of
+// verified tokens and how many were not (a metrics collector reads them).
+func (v *Verifier) CacheStats() (hits, misses uint64) {
+	return v.cacheHits.Load(), v.cacheMisses.Load()
 }
 
 // mapError turns a jwt/v5 error into the package's sentinels. Claim validation may fail on

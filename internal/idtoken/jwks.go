@@ -55,6 +55,9 @@ func (v *Verifier) install(_ string, set jwk.Set) (jwk.Set, error) {
 		return nil, errors.New("JWKS has no usable signing key")
 	}
 	old := v.keys.Swap(ks)
+	if v.verified != nil {
+		v.verified.retain(ks)
+	}
 	v.refreshOK.Add(1)
 	if old == nil || !sameKids(old, ks) {
 		v.log.Info("JWKS loaded", "url", v.jwksURL, "kids", kids(ks))

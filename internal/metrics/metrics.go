@@ -42,6 +42,9 @@ type Sources struct {
 	// incident (contrib/prometheus/gltoken-alerts.yaml). Read like LiveTokens.
 	Overdue       func(ctx context.Context) (int, error)
 	JWKSRefreshes func() (ok, failed uint64)
+	// VerifyCache: ID-token verifications answered from the cache of
+	// verified tokens, and those that were not.
+	VerifyCache   func() (hits, misses uint64)
 	PolicyRules   func() int
 	PolicyReloads func() (ok, failed uint64)
 
@@ -108,6 +111,14 @@ func New(src Sources) *Metrics {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "gltoken_jwks_refresh_failures_total", Help: "Failed JWKS fetches from GitLab (the last good key set stays in use).",
 		}, func() float64 { _, failed := src.JWKSRefreshes(); return float64(failed) }))
+	}
+	if src.VerifyCache != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gltoken_id_token_cache_hits_total", Help: "ID tokens answered from the cache of tokens already verified (no signature check).",
+		}, func() float64 { h, _ := src.VerifyCache(); return float64(h) }))
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gltoken_id_token_cache_misses_total", Help: "ID tokens verified in full (not in the cache).",
+		}, func() float64 { _, m := src.VerifyCache(); return float64(m) }))
 	}
 	if src.PolicyRules != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
