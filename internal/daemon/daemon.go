@@ -117,6 +117,11 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D(),
 		SharedStore: cfg.Store.Driver == "postgres",
 		Logger:      log, Audit: audit, Observer: m,
+		Scheduled: func(at time.Time) {
+			if d.reaper != nil {
+				d.reaper.Schedule(at)
+			}
+		},
 	}, d.verifier, d.policy.Current, minter, d.store)
 	if err != nil {
 		return nil, step("exchange", err)

@@ -49,6 +49,9 @@ type Config struct {
 	Logger      *slog.Logger // operational log
 	Audit       *slog.Logger // one event per exchange and per revocation
 	Observer    Observer
+	// Scheduled, when set, is told each new credential's revocation time
+	// (the daemon passes Reaper.Schedule), so it is revoked at its TTL.
+	Scheduled func(at time.Time)
 }
 
 // DefaultMintLease bounds one mint: the GitLab call gets half of it, and an

@@ -45,10 +45,18 @@ type lifeFixture struct {
 	store *sqlite.Store
 	obs   *countingObserver
 	now   time.Time
+	real  bool // the clock is time.Now
 	mu    sync.Mutex
 }
 
-func (f *lifeFixture) clock() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
+func (f *lifeFixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.real {
+		return time.Now()
+	}
+	return f.now
+}
 func (f *lifeFixture) advance(d time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -222,5 +230,42 @@ func TestReaperKeeps404Unconfirmed(t *testing.T) {
 	}
 	if rec, _ := f.store.Get(ctx, "lostintent"); rec.State != ledger.Abandoned {
 		t.Fatalf("lostintent: %s after GitLab's expiry", rec.State)
+	}
+}
+
+// TestReaperRevokesAtTheTTL (issue 9.8): revocation is scheduled at each
+// credential's expiry, not at the next periodic pass: with a one-hour
+// interval, a credential expiring in a moment is revoked long before it.
+func TestReaperRevokesAtTheTTL(t *testing.T) {
+	f := newLifeFixture(t)
+	f.mu.Lock()
+	f.real = true
+	f.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := exchange.NewReaper(exchange.ReaperConfig{Interval: time.Hour, Now: f.clock, Observer: f.obs}, f.store, f.c, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// Minted while the reaper sleeps: Schedule wakes it to look at the ledger again.
+	time.Sleep(50 * time.Millisecond)
+	f.mint(t, "soon", 300*time.Millisecond, true)
+	r.Schedule(time.Now().Add(300 * time.Millisecond))
+	deadline := time.Now().Add(30 * time.Second) // far below the interval: only scheduling can meet it
+	for {
+		rec, err := f.store.Get(ctx, "soon")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.State == ledger.Revoked {
+			if rec.RevokedAt.Before(rec.ExpiresAt) {
+				t.Fatalf("revoked at %v, before its TTL %v", rec.RevokedAt, rec.ExpiresAt)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not revoked 30s after its TTL with a one-hour interval: %s", rec.State)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

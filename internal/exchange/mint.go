@@ -71,6 +71,9 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 		return nil, &Error{Code: CodeUnavailable, Description: "the ledger could not record the credential, so it was not handed out; try again", RetryAfter: 5 * time.Second, detail: err.Error()}
 	}
 	s.cfg.Observer.Minted(cred.Kind)
+	if s.cfg.Scheduled != nil {
+		s.cfg.Scheduled(expires)
+	}
 	cred.ExpiresAt = expires
 	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,

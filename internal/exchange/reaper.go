@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"gltoken.dev/gltoken/internal/ledger"
@@ -27,6 +28,8 @@ type Reaper struct {
 	log       *slog.Logger
 	audit     *slog.Logger
 	obs       Observer
+	workers   int
+	wake      chan struct{}
 }
 
 // ReaperConfig configures NewReaper.
@@ -41,6 +44,9 @@ type ReaperConfig struct {
 	Logger    *slog.Logger
 	Audit     *slog.Logger
 	Observer  Observer
+	// Workers settle claimed records at once (default 8), so that many
+	// credentials expiring together are revoked at their TTL, not one by one.
+	Workers int
 }
 
 // NewReaper builds a reaper over the service's store and minter. cache is
@@ -48,7 +54,11 @@ type ReaperConfig struct {
 // when no service runs in this process.
 func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, cache *Cache) *Reaper {
 	r := &Reaper{store: store, minter: m, cache: cache, interval: cfg.Interval, batch: cfg.Batch,
-		maxDelay: cfg.MaxDelay, mintLease: cfg.MintLease, now: cfg.Now, log: cfg.Logger, audit: cfg.Audit, obs: cfg.Observer}
+		maxDelay: cfg.MaxDelay, mintLease: cfg.MintLease, now: cfg.Now, log: cfg.Logger, audit: cfg.Audit, obs: cfg.Observer,
+		workers: cfg.Workers, wake: make(chan struct{}, 1)}
+	if r.workers <= 0 {
+		r.workers = 8
+	}
 	if r.interval <= 0 {
 		r.interval = 10 * time.Second
 	}
@@ -80,24 +90,48 @@ func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, cache *Cache) *Re
 	return r
 }
 
-// Run reaps every interval until ctx ends.
+// Run reaps until ctx ends. Revocation is scheduled at each credential's
+// expiry: after every pass it sleeps until the earliest NextAttemptAt in the
+// ledger (shared by every replica; the store's claims keep two replicas
+// from settling one record), or until Schedule names an earlier time, and
+// at most one interval (the safety net).
 func (r *Reaper) Run(ctx context.Context) {
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
 		if _, err := r.RunOnce(ctx); err != nil && ctx.Err() == nil {
 			r.log.Error("reaper pass failed", "error", err)
 		}
+		wait := r.interval
+		if next, ok, err := r.store.NextDue(ctx); err == nil && ok {
+			// A little after it, so that the record is due by the store's clock.
+			wait = min(wait, max(next.Sub(r.now())+time.Millisecond, time.Millisecond))
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-r.wake:
+			if !timer.Stop() {
+				<-timer.C
+			}
+		case <-timer.C:
 		}
 	}
 }
 
+// Schedule tells a running reaper that a record is due at at (a credential
+// just minted): it looks again then if that is earlier than it planned.
+func (r *Reaper) Schedule(at time.Time) {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
 // RunOnce claims and settles due records until none are left; it returns
-// how many it settled or deferred.
+// how many it settled or deferred. The records of a batch are settled by
+// Workers goroutines at once.
 func (r *Reaper) RunOnce(ctx context.Context) (int, error) {
 	n := 0
 	for {
@@ -105,12 +139,28 @@ func (r *Reaper) RunOnce(ctx context.Context) (int, error) {
 		if err != nil {
 			return n, fmt.Errorf("claim due records: %w", err)
 		}
+		work := make(chan ledger.Record)
+		var wg sync.WaitGroup
+		for range min(r.workers, len(recs)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for rec := range work {
+					r.settle(ctx, rec)
+				}
+			}()
+		}
 		for _, rec := range recs {
 			if ctx.Err() != nil {
-				return n, ctx.Err()
+				break
 			}
-			r.settle(ctx, rec)
+			work <- rec
 			n++
+		}
+		close(work)
+		wg.Wait()
+		if ctx.Err() != nil {
+			return n, ctx.Err()
 		}
 		if len(recs) < r.batch {
 			return n, nil
