@@ -376,3 +376,44 @@ func TestRefreshRaceTwentyGitFetches(t *testing.T) {
 		t.Fatalf("refreshes = %d, failures = %d; want exactly one refresh", refreshes, failures)
 	}
 }
+
+// TestDeveloperGoModDownload: the go command fetches a module of a private project through
+// git and this helper after a login. The module path names the repository with its .git
+// suffix, so go runs git directly (no ?go-get=1 request); git's insteadOf points the
+// example host at the stand-in.
+func TestDeveloperGoModDownload(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go is not installed: %v", err)
+	}
+	w := newDevWorld(t, nil)
+	t.Cleanup(func() { stopAgent(t, w.sock) })
+	if err := w.gl.CommitFile("platform/lib", "go.mod", "module gitlab.example.com/platform/lib.git\n\ngo 1.22\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.gl.CommitFile("platform/lib", "lib.go", "package lib\n\nconst Answer = 42\n"); err != nil {
+		t.Fatal(err)
+	}
+	done := approveWhenAsked(t, w.gl, w.alice, false)
+	r := runWith(t, []string{"git-credential-gltoken", "login", "--host", w.gl.URL()}, w.env, "")
+	done()
+	if r.code != 0 {
+		t.Fatalf("login: %+v", r)
+	}
+	gitconfig := fmt.Sprintf("[credential \"%s\"]\n\thelper = gltoken\n[url \"%s/\"]\n\tinsteadOf = https://gitlab.example.com/\n", w.gl.URL(), w.gl.URL())
+	if err := os.WriteFile(filepath.Join(w.home, ".gitconfig"), []byte(gitconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mod := t.TempDir()
+	cmd := exec.Command(goBin, "mod", "download", "-json", "gitlab.example.com/platform/lib.git@latest")
+	cmd.Dir = mod
+	cmd.Env = append(w.gitEnv, "GOPRIVATE=gitlab.example.com", "GOPROXY=direct", "GONOSUMDB=gitlab.example.com",
+		"GOMODCACHE="+filepath.Join(mod, "cache"), "GOFLAGS=-modcacherw", "GOPATH="+filepath.Join(mod, "gopath"), "GO111MODULE=on")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"Version"`) {
+		t.Fatalf("go mod download: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "platform/lib.git@") {
+		t.Fatalf("go mod download did not fetch the module:\n%s", out)
+	}
+}
