@@ -3,6 +3,8 @@ package exchange_test
 import (
 	"context"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -267,5 +269,83 @@ func TestReaperRevokesAtTheTTL(t *testing.T) {
 			t.Fatalf("not revoked 30s after its TTL with a one-hour interval: %s", rec.State)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkRevocationLag (issue 9.8): 2,000 deploy-token credentials minted
+// through the GitLab adapter against the stand-in, all expiring at one
+// instant; a reaper with the shipped defaults (10s interval, 8 workers)
+// revokes them. Reports p50/p99/max lag past the TTL and revocations/s.
+func BenchmarkRevocationLag(b *testing.B) {
+	const n = 2000
+	for range b.N {
+		f := &lifeFixture{real: true, obs: &countingObserver{outcomes: map[string]int{}}}
+		f.gl = gitlabfake.Start(b, gitlabfake.Options{})
+		f.gl.SetRateLimit(1 << 30)
+		f.pid = f.gl.AddProject("platform/deploy").ID
+		f.svc = f.gl.AddUser("gltoken-svc")
+		f.gl.AddMember(f.svc, "platform/deploy", gitlabfake.Maintainer)
+		token := f.gl.CreatePersonalAccessToken(f.svc, "gltoken", []string{"api"}, nil)
+		var err error
+		if f.c, err = gitlab.New(gitlab.Config{BaseURL: f.gl.URL(), Token: token}); err != nil {
+			b.Fatal(err)
+		}
+		if f.store, err = sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "state.db")); err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		r := exchange.NewReaper(exchange.ReaperConfig{}, f.store, f.c, nil)
+		done := make(chan struct{})
+		go func() { defer close(done); r.Run(ctx) }()
+		exp := time.Now().Add(20 * time.Second).Truncate(time.Second)
+		for i := range n {
+			id := "lag" + strconv.Itoa(i)
+			now := time.Now()
+			if err := f.store.CreateIntent(ctx, ledger.Record{ID: id, Kind: ledger.ProjectDeployToken, Owner: f.pid, OwnerPath: "platform/deploy",
+				Scopes: []string{"read_repository"}, CreatedAt: now, ExpiresAt: exp, NextAttemptAt: exp}); err != nil {
+				b.Fatal(err)
+			}
+			cred, err := f.c.Mint(ctx, exchange.MintRequest{Name: "gltoken-" + id, Kind: ledger.ProjectDeployToken, Owner: f.pid,
+				OwnerPath: "platform/deploy", Scopes: []string{"read_repository"}, ExpiresAt: exp})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := f.store.Activate(ctx, id, cred.GitLabID, cred.Username, exchange.Fingerprint(cred.Secret), exp); err != nil {
+				b.Fatal(err)
+			}
+			r.Schedule(exp)
+		}
+		if time.Now().After(exp) {
+			b.Fatal("minting took longer than the TTL")
+		}
+		b.ResetTimer()
+		var lags []time.Duration
+		var last time.Time
+		for len(lags) < n {
+			lags = lags[:0]
+			for i := range n {
+				rec, err := f.store.Get(ctx, "lag"+strconv.Itoa(i))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if rec.State == ledger.Revoked {
+					lags = append(lags, rec.RevokedAt.Sub(rec.ExpiresAt))
+					if rec.RevokedAt.After(last) {
+						last = rec.RevokedAt
+					}
+				}
+			}
+			if len(lags) < n {
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+		cancel()
+		<-done
+		slices.Sort(lags)
+		p := func(q float64) time.Duration { return lags[min(len(lags)-1, int(q*float64(len(lags))))] }
+		b.ReportMetric(p(0.5).Seconds(), "p50_lag_s")
+		b.ReportMetric(p(0.99).Seconds(), "p99_lag_s")
+		b.ReportMetric(lags[len(lags)-1].Seconds(), "max_lag_s")
+		b.ReportMetric(float64(n)/last.Sub(exp).Seconds(), "revocations/s")
 	}
 }
