@@ -65,7 +65,7 @@ func run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	d := &demo{out: out, dir: dir, bin: filepath.Join(dir, "bin"), steps: 7}
+	d := &demo{out: out, dir: dir, bin: filepath.Join(dir, "bin"), steps: 9}
 	d.say("gltoken demo: a CI job of platform/app fetches other repositories with short-lived,")
 	d.say("least-privileged GitLab credentials instead of a long-lived token. Working in %s.", dir)
 
@@ -162,6 +162,10 @@ func run(ctx context.Context, out io.Writer) error {
 	d.say("      Credentials nobody revokes are revoked by exchanged's reaper at their TTL,")
 	d.say("      also after a crash: every mint is written to the ledger before GitLab is asked.")
 
+	if err := d.developer(ctx, dev); err != nil {
+		return err
+	}
+
 	d.say("\nexchanged's audit events (one per exchange and revocation; secrets only as SHA-256):")
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if !strings.Contains(line, `"audit":"gltoken"`) {
@@ -174,6 +178,115 @@ func run(ctx context.Context, out io.Writer) error {
 		d.say("  %-10s %-14s rule=%v target=%v kind=%v reason=%v", ev["msg"], ev["outcome"], orDash(ev["rule"]), orDash(ev["target"]), orDash(ev["kind"]), orDash(ev["reason"]))
 	}
 	d.say("\nDone. Everything ran in %s and is removed now.", dir)
+	return nil
+}
+
+// developer shows a person's path: a device login approved at the stand-in, git with the
+// OAuth token, logout.
+func (d *demo) developer(ctx context.Context, alice *gitlabfake.User) error {
+	d.heading("A developer on a laptop logs in once (OAuth device flow; no personal access token)")
+	app := d.gl.AddOAuthApplication("gltoken", []string{"http://127.0.0.1/"}, []string{"read_repository", "write_repository", "read_registry"}, false)
+	d.say("      the administrator registered a non-confidential OAuth application; its id is the --client-id")
+	home := filepath.Join(d.dir, "laptop")
+	_ = os.MkdirAll(home, 0o700)
+	helper := filepath.Join(d.bin, "git-credential-gltoken")
+	gitconfig := fmt.Sprintf("[credential %q]\n\thelper = %s\n", d.gl.URL(), helper)
+	_ = os.WriteFile(filepath.Join(home, ".gitconfig"), []byte(gitconfig), 0o600)
+	sock := filepath.Join(d.dir, "agent", "agent.sock")
+	env := append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+home, "GIT_CONFIG_NOSYSTEM=1", "GIT_TERMINAL_PROMPT=0",
+		"GLTOKEN_ID_TOKEN=", "GITLAB_CI=", "GLTOKEN_AGENT_SOCKET="+sock, "XDG_STATE_HOME="+filepath.Join(home, "state"))
+	defer func() { // the agent started on demand leaves with its last grant; make sure
+		out, _ := exec.Command(helper, "status").Output()
+		if i := strings.Index(string(out), "agent pid "); i >= 0 {
+			var pid int
+			if _, err := fmt.Sscanf(string(out[i:]), "agent pid %d", &pid); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGTERM)
+			}
+		}
+	}()
+	d.say("      $ git-credential-gltoken login --host %s --scope write_repository", d.gl.URL())
+	login := exec.CommandContext(ctx, helper, "login", "--host", d.gl.URL(), "--client-id", app.UID, "--scope", "write_repository")
+	login.Env = env
+	stderr, err := login.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := login.Start(); err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	var said strings.Builder
+	approved := false
+	for {
+		n, err := stderr.Read(buf)
+		said.Write(buf[:n])
+		lines := strings.Split(said.String(), "\n")
+		for _, l := range lines[:len(lines)-1] {
+			d.say("      | %s", l)
+			if i := strings.Index(l, "enter the code "); i >= 0 && !approved {
+				code := strings.Fields(l[i+len("enter the code "):])[0]
+				d.say("      (alice opens the page, signs in and approves the code %s)", code)
+				resp, err := http.PostForm(d.gl.URL()+"/-/standin/oauth/device", url.Values{"user_code": {code}, "user": {alice.Username}, "action": {"approve"}})
+				if err != nil {
+					return err
+				}
+				resp.Body.Close()
+				approved = true
+			}
+		}
+		said.Reset()
+		said.WriteString(lines[len(lines)-1])
+		if err != nil {
+			break
+		}
+	}
+	if err := login.Wait(); err != nil {
+		return fmt.Errorf("login: %w", err)
+	}
+
+	d.heading("git clone and push with the login; status; logout")
+	git := &gitRunner{env: env, work: filepath.Join(d.dir, "laptop-work")}
+	_ = os.MkdirAll(git.work, 0o700)
+	d.say("      $ git clone %s/platform/app.git", d.gl.URL())
+	if o, err := git.run("", "clone", "--quiet", d.gl.URL()+"/platform/app.git"); err != nil {
+		return fmt.Errorf("clone platform/app: %v\n%s", err, o)
+	}
+	appDir := filepath.Join(git.work, "app")
+	_ = os.WriteFile(filepath.Join(appDir, "notes.md"), []byte("hello\n"), 0o644)
+	for _, args := range [][]string{{"add", "notes.md"}, {"-c", "user.name=Alice", "-c", "user.email=alice@example.com", "commit", "--quiet", "-m", "notes"}} {
+		if o, err := git.run(appDir, args...); err != nil {
+			return fmt.Errorf("git %v: %v\n%s", args, err, o)
+		}
+	}
+	d.say("      $ git push origin HEAD:feature   (write_repository; username oauth2, the access token)")
+	if o, err := git.run(appDir, "push", "--quiet", "origin", "HEAD:refs/heads/feature"); err != nil {
+		return fmt.Errorf("push: %v\n%s", err, o)
+	}
+	d.say("      $ git-credential-gltoken status")
+	st := exec.Command(helper, "status")
+	st.Env = env
+	o, _ := st.Output()
+	for _, l := range strings.Split(strings.TrimSpace(string(o)), "\n") {
+		d.say("      | %s", l)
+	}
+	d.say("      $ git-credential-gltoken logout")
+	lo := exec.Command(helper, "logout")
+	lo.Env = env
+	o, err = lo.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("logout: %v\n%s", err, o)
+	}
+	d.say("      | %s", strings.TrimSpace(string(o)))
+	d.say("      $ git fetch   (after logout: one line says what to do)")
+	o2, err := git.run(appDir, "fetch", "--quiet")
+	if err == nil {
+		return errors.New("fetch after logout succeeded")
+	}
+	for _, l := range strings.Split(strings.TrimSpace(o2), "\n") {
+		if strings.HasPrefix(l, "gltoken:") {
+			d.say("      | %s", l)
+		}
+	}
 	return nil
 }
 
