@@ -48,7 +48,7 @@ fuzz: ## Fuzz the parsers for a while each (FUZZTIME, default 30s)
 
 .PHONY: crash
 crash: ## Kill exchanged with SIGKILL mid-mint for CRASH_ROUNDS rounds (default 100); print the orphan count
-	set -o pipefail; GLTOKEN_CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(GO) test -count=1 -timeout 60m -run '^TestCrashLosesNothing$$' -v ./internal/e2e | grep -E '^(crash test:|--- |ok|FAIL|PASS)|orphan'
+	set -o pipefail; GLTOKEN_CRASH_ROUNDS=$${CRASH_ROUNDS:-100} $(GO) test -count=1 -timeout 60m -run '^TestCrashLosesNothing$$' -v ./internal/e2e | grep -E '^(crash test:|--- |ok|FAIL|PASS)|_test\.go:[0-9]+:'
 
 .PHONY: install
 install: build ## Install the binaries into $(PREFIX)/bin
