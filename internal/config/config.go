@@ -76,10 +76,22 @@ type IDToken struct {
 // RateLimit sizes the daemon's limits. Before an ID token is verified only
 // failures count: PerSecond and Burst are the failed requests a peer (a Unix
 // socket's uid, a TCP client's IP) may make before its further failures are
-// answered 429; its valid requests are never refused for them.
+// answered 429; its valid requests are never refused for them. After
+// verification, mints (never cached credentials) are bounded per job, per
+// source project, and per job and owner after a client revoke.
 type RateLimit struct {
 	PerSecond float64 `yaml:"per_second"` // failed requests per peer a second; default 10
 	Burst     int     `yaml:"burst"`      // default 100
+	// MintsPerJob: mints one job (its ID token's job_id) may cause a
+	// minute; default 30.
+	MintsPerJob int `yaml:"mints_per_job"`
+	// MintsPerProject: mints all jobs of one source project (project_id)
+	// may cause a minute; default 600.
+	MintsPerProject int `yaml:"mints_per_project"`
+	// RemintsAfterRevoke: after a client revoked a job's credential on a
+	// project or group, the job may mint there again this many times per
+	// 10 minutes; default 3.
+	RemintsAfterRevoke int `yaml:"remints_after_revoke"`
 }
 
 // Duration is a time.Duration written as "90s", "1h".
@@ -217,8 +229,11 @@ var defaulted = []struct{ key, value string }{
 	{"sweep_interval", "15m"},
 	{"id_token.algorithms", "[RS256]"},
 	{"id_token.leeway", "60s"},
-	{"rate_limit.per_second", "20"},
-	{"rate_limit.burst", "40"},
+	{"rate_limit.per_second", "10"},
+	{"rate_limit.burst", "100"},
+	{"rate_limit.mints_per_job", "30"},
+	{"rate_limit.mints_per_project", "600"},
+	{"rate_limit.remints_after_revoke", "3"},
 }
 
 func (c *Config) resolvePaths(dir string) {
@@ -279,6 +294,15 @@ func (c *Config) defaults() {
 	}
 	if c.RateLimit.Burst == 0 {
 		c.RateLimit.Burst = 100
+	}
+	if c.RateLimit.MintsPerJob == 0 {
+		c.RateLimit.MintsPerJob = 30
+	}
+	if c.RateLimit.MintsPerProject == 0 {
+		c.RateLimit.MintsPerProject = 600
+	}
+	if c.RateLimit.RemintsAfterRevoke == 0 {
+		c.RateLimit.RemintsAfterRevoke = 3
 	}
 }
 
@@ -381,7 +405,7 @@ func (c *Config) validate(d *decoder) {
 	if l := c.IDToken.Leeway.D(); l < 0 || l > 60*time.Second {
 		add("id_token.leeway", "id_token.leeway: %s: at most 60s", l)
 	}
-	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 {
+	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 || c.RateLimit.MintsPerJob < 0 || c.RateLimit.MintsPerProject < 0 || c.RateLimit.RemintsAfterRevoke < 0 {
 		add("rate_limit", "rate_limit: values must be positive")
 	}
 }

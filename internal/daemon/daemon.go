@@ -117,6 +117,10 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D(),
 		SharedStore: cfg.Store.Driver == "postgres",
 		Logger:      log, Audit: audit, Observer: m,
+		Limiter: httpapi.NewMintQuotas(httpapi.QuotaConfig{
+			PerJobPerMinute: cfg.RateLimit.MintsPerJob, PerProjectPerMinute: cfg.RateLimit.MintsPerProject,
+			RemintsAfterRevoke: cfg.RateLimit.RemintsAfterRevoke,
+		}),
 		Scheduled: func(at time.Time) {
 			if d.reaper != nil {
 				d.reaper.Schedule(at)

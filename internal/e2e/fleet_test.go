@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -170,5 +172,56 @@ func (d *daemon) metrics(t *testing.T) string {
 			t.Fatalf("GET /metrics: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRevokeLoopIsCapped: a job looping exchange → revoke on one project
+// (each cycle a GitLab create and a revoke) is stopped after the default
+// three re-mints; its other targets and other jobs are not.
+func TestRevokeLoopIsCapped(t *testing.T) {
+	w := newWorld(t)
+	d := w.startDaemon(t, daemonOpts{})
+	lib := w.gl.URL() + "/platform/lib.git"
+	job := w.job("main", true)
+	hc := d.httpClient()
+	var codes []int
+	for range 8 {
+		resp, body := d.exchange(job, lib, "read_repository")
+		codes = append(codes, resp.StatusCode)
+		if resp.StatusCode != 200 {
+			if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("exchange %d: %d %s", len(codes), resp.StatusCode, body)
+			}
+			continue
+		}
+		var tok struct {
+			AccessToken string `json:"access_token"`
+		}
+		if err := json.Unmarshal([]byte(body), &tok); err != nil {
+			t.Fatal(err)
+		}
+		r, err := hc.PostForm(d.base()+"/v1/revoke", url.Values{"token": {tok.AccessToken}})
+		if err != nil || r.StatusCode != 200 {
+			t.Fatalf("revoke: %v %v", r, err)
+		}
+		r.Body.Close()
+	}
+	if want := []int{200, 200, 200, 200, 429, 429, 429, 429}; !slices.Equal(codes, want) {
+		t.Fatalf("exchange → revoke loop: %v, want %v", codes, want)
+	}
+	if n := countCreates(w); n != 4 {
+		t.Fatalf("%d GitLab creates, want 4 (one mint, three re-mints)", n)
+	}
+	if resp, body := d.exchange(job, w.gl.URL()+"/platform/app.git", "read_repository"); resp.StatusCode != 200 {
+		t.Fatalf("the same job on another project: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := d.exchange(w.job("main", true), lib, "read_repository"); resp.StatusCode != 200 {
+		t.Fatalf("another job on the same project: %d %s", resp.StatusCode, body)
+	}
+	if m := d.metrics(t); !strings.Contains(m, `gltoken_rate_limited_total{reason="remints_after_revoke"} 4`) {
+		t.Fatalf("metrics: %s", grepLines(m, "gltoken_rate_limited_total"))
+	}
+	if !strings.Contains(d.logs.String(), `"reason":"remints_after_revoke"`) {
+		t.Fatal("no debug log line names the reason of the 429")
 	}
 }

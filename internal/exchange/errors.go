@@ -24,9 +24,14 @@ type Error struct {
 	Description string
 	RetryAfter  time.Duration
 	detail      string
+	reason      string // of a CodeRateLimited error: which limit (for metrics and logs)
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Description }
+
+// LimitReason names the limit behind a CodeRateLimited error ("job_mints",
+// "gitlab_budget", "gitlab", …); "" for other errors.
+func (e *Error) LimitReason() string { return e.reason }
 
 // Detail is the internal cause, for the operator's log (never a secret).
 func (e *Error) Detail() string { return e.detail }

@@ -52,6 +52,9 @@ type Config struct {
 	// Scheduled, when set, is told each new credential's revocation time
 	// (the daemon passes Reaper.Schedule), so it is revoked at its TTL.
 	Scheduled func(at time.Time)
+	// Limiter bounds mints per job, per source project and after client
+	// revocations; nil: no limit.
+	Limiter MintLimiter
 }
 
 // DefaultMintLease bounds one mint: the GitLab call gets half of it, and an
@@ -202,6 +205,9 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 		if granted, ok := s.fromCache(ctx, key); ok {
 			return granted, nil
 		}
+		if err := s.admitMint(tok, p.owner); err != nil {
+			return nil, err
+		}
 		return s.mint(ctx, key, mreq, req, tok, p.rule)
 	})
 	if err != nil {
@@ -277,6 +283,9 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 	}
 	ev.Outcome = "revoked"
 	s.cfg.Observer.Revoked(rec.Kind, "client")
+	if s.cfg.Limiter != nil {
+		s.cfg.Limiter.ClientRevoked(jobKey(rec.JobID, rec.TokenJTI), rec.OwnerPath)
+	}
 	return nil
 }
 

@@ -109,9 +109,9 @@ func (s *Service) gitlabError(owner string, err error) error {
 	var ra *RetryAfterError
 	switch {
 	case errors.As(err, &ra):
-		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: max(ra.After, time.Second), detail: err.Error()}
+		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: max(ra.After, time.Second), detail: err.Error(), reason: limitReason(err)}
 	case errors.Is(err, ErrRateLimited):
-		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: 10 * time.Second, detail: err.Error()}
+		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: 10 * time.Second, detail: err.Error(), reason: limitReason(err)}
 	case errors.Is(err, ErrNotFound):
 		return &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf("%s was not found in GitLab under that exact path (it may have moved or been renamed, or the service account cannot see it)", owner), detail: err.Error()}
 	case errors.Is(err, ErrForbidden):
@@ -122,6 +122,15 @@ func (s *Service) gitlabError(owner string, err error) error {
 		return &Error{Code: CodeServerError, Description: "GitLab rejected the token request: " + err.Error(), detail: err.Error()}
 	}
 	return internalError(err)
+}
+
+// limitReason is "gitlab_budget" when the daemon's own GitLab API budget
+// refused the call (ErrBudgetSpent), "gitlab" when GitLab answered 429.
+func limitReason(err error) string {
+	if errors.Is(err, ErrBudgetSpent) {
+		return "gitlab_budget"
+	}
+	return "gitlab"
 }
 
 var ledgerIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

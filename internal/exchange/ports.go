@@ -100,6 +100,9 @@ var (
 	ErrUnavailable = errors.New("gitlab: unavailable")
 	// ErrRateLimited: GitLab answered 429; RetryAfterError carries the wait.
 	ErrRateLimited = errors.New("gitlab: rate limited")
+	// ErrBudgetSpent: the daemon's own GitLab API budget refused the call
+	// before it was sent (errors wrapping it also wrap ErrRateLimited).
+	ErrBudgetSpent = errors.New("gitlab: API budget spent")
 	// ErrForbidden: GitLab answered 403: the service account lacks the rights.
 	ErrForbidden = errors.New("gitlab: service account lacks permission")
 	// ErrNotFound: the project or group does not exist (or the service account cannot see it).

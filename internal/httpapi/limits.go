@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"gltoken.dev/gltoken/internal/exchange"
 )
 
 // The daemon limits by identity, in two places:
@@ -77,25 +79,34 @@ func (g *FailureGuard) Failed(peer string) {
 func (g *FailureGuard) Len() int { return g.keys.len() }
 
 // MintQuotas bounds mints by what a verified ID token proves: per job and per
-// source project, each a token bucket refilled per minute.
+// source project, each a token bucket refilled per minute, and the re-mints
+// of a job on an owner after a client revoked its credential there. It
+// implements exchange.MintLimiter.
 type MintQuotas struct {
-	jobs, projects *limiterLRU
-	now            func() time.Time
+	jobs, projects, remints *limiterLRU
+	now                     func() time.Time
 }
 
-// QuotaConfig sizes MintQuotas. A zero rate means unlimited.
+var _ exchange.MintLimiter = (*MintQuotas)(nil)
+
+// QuotaConfig sizes MintQuotas. Zero means unlimited.
 type QuotaConfig struct {
 	PerJobPerMinute     int // mints one job may cause a minute (also the burst)
 	PerProjectPerMinute int // mints all jobs of one source project may cause a minute (also the burst)
-	MaxKeys             int // jobs and projects remembered each (0: DefaultMaxKeys)
+	// RemintsAfterRevoke: once a client revoked a credential of a job on an
+	// owner, the job may mint there again this many times per RemintWindow.
+	RemintsAfterRevoke int
+	RemintWindow       time.Duration // default 10m
+	MaxKeys            int           // jobs, projects and (job, owner) pairs remembered each (0: DefaultMaxKeys)
 }
 
 // Reasons a request is answered 429; /metrics counts them and the debug log
 // names them.
 const (
 	ReasonPeerFailures = "peer_failures"
-	ReasonJobMints     = "job_mints"
-	ReasonProjectMints = "project_mints"
+	ReasonJobMints     = exchange.LimitJobMints
+	ReasonProjectMints = exchange.LimitProjectMints
+	ReasonRemints      = exchange.LimitRemints
 )
 
 // NewMintQuotas builds the post-verification quotas.
@@ -108,27 +119,51 @@ func NewMintQuotas(c QuotaConfig) *MintQuotas {
 	}
 	jr, jb := perMinute(c.PerJobPerMinute)
 	pr, pb := perMinute(c.PerProjectPerMinute)
-	return &MintQuotas{jobs: newLimiterLRU(jr, jb, c.MaxKeys), projects: newLimiterLRU(pr, pb, c.MaxKeys), now: time.Now}
+	window := c.RemintWindow
+	if window <= 0 {
+		window = 10 * time.Minute
+	}
+	rr, rb := rate.Inf, 0
+	if c.RemintsAfterRevoke > 0 {
+		rr, rb = rate.Limit(float64(c.RemintsAfterRevoke)/window.Seconds()), c.RemintsAfterRevoke
+	}
+	return &MintQuotas{jobs: newLimiterLRU(jr, jb, c.MaxKeys), projects: newLimiterLRU(pr, pb, c.MaxKeys),
+		remints: newLimiterLRU(rr, rb, c.MaxKeys), now: time.Now}
 }
 
-// AllowMint admits one mint for job of project (opaque keys naming what the
-// token proves, e.g. issuer and job_id, issuer and project_id) or says which
-// quota refused it and when to try again. A refused request spends nothing.
-func (q *MintQuotas) AllowMint(job, project string) (ok bool, retryAfter time.Duration, reason string) {
+// AllowMint implements exchange.MintLimiter: it admits one mint for m's job
+// and project (and, after a client revoke, its re-mints on m.Owner) or says
+// which quota refused it and when to try again. A refusal spends nothing.
+func (q *MintQuotas) AllowMint(m exchange.MintSubject) (ok bool, retryAfter time.Duration, reason string) {
 	now := q.now()
-	jr := q.jobs.get(job).ReserveN(now, 1)
-	if d := jr.DelayFrom(now); d > 0 {
-		jr.CancelAt(now)
-		return false, d, ReasonJobMints
+	var taken []*rate.Reservation
+	take := func(lim *rate.Limiter, why string) bool {
+		r := lim.ReserveN(now, 1)
+		if d := r.DelayFrom(now); d > 0 {
+			r.CancelAt(now)
+			for _, t := range taken {
+				t.CancelAt(now)
+			}
+			retryAfter, reason = d, why
+			return false
+		}
+		taken = append(taken, r)
+		return true
 	}
-	pr := q.projects.get(project).ReserveN(now, 1)
-	if d := pr.DelayFrom(now); d > 0 {
-		pr.CancelAt(now)
-		jr.CancelAt(now)
-		return false, d, ReasonProjectMints
+	if !take(q.jobs.get(m.Job), ReasonJobMints) || !take(q.projects.get(m.Project), ReasonProjectMints) {
+		return false, retryAfter, reason
+	}
+	if lim, revoked := q.remints.peek(remintKey(m.Job, m.Owner)); revoked && !take(lim, ReasonRemints) {
+		return false, retryAfter, reason
 	}
 	return true, 0, ""
 }
+
+// ClientRevoked implements exchange.MintLimiter: from now on the job's
+// re-mints on owner are counted.
+func (q *MintQuotas) ClientRevoked(job, owner string) { q.remints.get(remintKey(job, owner)) }
+
+func remintKey(job, owner string) string { return job + "\x00" + owner }
 
 func waitFor(tokens float64, r rate.Limit) time.Duration {
 	if r <= 0 {

@@ -115,7 +115,9 @@ func TestMintQuotas(t *testing.T) {
 	at := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
 	q := NewMintQuotas(QuotaConfig{PerJobPerMinute: 2, PerProjectPerMinute: 3})
 	q.now = func() time.Time { return at }
-	allow := func(job, project string) (bool, time.Duration, string) { return q.AllowMint(job, project) }
+	allow := func(job, project string) (bool, time.Duration, string) {
+		return q.AllowMint(exchange.MintSubject{Job: job, Project: project, Owner: "platform/lib"})
+	}
 	for range 2 {
 		if ok, _, _ := allow("job-1", "p"); !ok {
 			t.Fatal("job-1 refused within its quota")
@@ -145,9 +147,39 @@ func TestMintQuotas(t *testing.T) {
 	}
 	unlimited := NewMintQuotas(QuotaConfig{})
 	for range 1000 {
-		if ok, _, _ := unlimited.AllowMint("j", "p"); !ok {
+		if ok, _, _ := unlimited.AllowMint(exchange.MintSubject{Job: "j", Project: "p"}); !ok {
 			t.Fatal("zero quotas must mean unlimited")
 		}
+	}
+}
+
+func TestRemintsAfterClientRevokeAreCapped(t *testing.T) {
+	at := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	q := NewMintQuotas(QuotaConfig{PerJobPerMinute: 1000, PerProjectPerMinute: 1000, RemintsAfterRevoke: 2, RemintWindow: 10 * time.Minute})
+	q.now = func() time.Time { return at }
+	lib := exchange.MintSubject{Job: "job:1", Project: "7", Owner: "platform/lib"}
+	other := exchange.MintSubject{Job: "job:1", Project: "7", Owner: "platform/other"}
+	for range 10 {
+		if ok, _, _ := q.AllowMint(lib); !ok {
+			t.Fatal("mints before any revoke are only bounded by the per-minute quotas")
+		}
+	}
+	q.ClientRevoked("job:1", "platform/lib")
+	for i := range 2 {
+		if ok, _, _ := q.AllowMint(lib); !ok {
+			t.Fatalf("re-mint %d after a revoke refused; the cap is 2", i+1)
+		}
+		q.ClientRevoked("job:1", "platform/lib")
+	}
+	ok, after, reason := q.AllowMint(lib)
+	if ok || reason != ReasonRemints || after < 4*time.Minute || after > 6*time.Minute {
+		t.Fatalf("third re-mint: ok %v after %s reason %q, want refused (%s) for ~5m", ok, after, reason, ReasonRemints)
+	}
+	if ok, _, _ := q.AllowMint(other); !ok {
+		t.Fatal("another owner of the same job is not capped")
+	}
+	if ok, _, _ := q.AllowMint(exchange.MintSubject{Job: "job:2", Project: "7", Owner: "platform/lib"}); !ok {
+		t.Fatal("another job on the same owner is not capped")
 	}
 }
 
