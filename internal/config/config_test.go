@@ -113,7 +113,7 @@ log_level: ""
 		`exchanged.yaml:8: max_ttl: "100d" is not a duration: the units are s, m and h; for 100 days write 2400h`,
 		`exchanged.yaml:9: reaper_interval: empty; remove the key to use the default (10s)`,
 		`exchanged.yaml:11: rate_limit.per_second: a number is expected, not "fast"`,
-		`exchanged.yaml:12: rate_limit.burst: empty; remove the key to use the default (40)`,
+		`exchanged.yaml:12: rate_limit.burst: empty; remove the key to use the default (100)`,
 		`exchanged.yaml:14: id_token.algorithms: a list is expected, not "RS256"`,
 		`exchanged.yaml:15: log_level: empty; remove the key to use the default (info)`,
 		`exchanged.yaml: audience is required`,
