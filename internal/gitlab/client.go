@@ -68,6 +68,7 @@ type Client struct {
 	now        func() time.Time
 	log        *slog.Logger
 	onResponse func(method, route string, status int)
+	notFound   notFoundCache
 }
 
 var _ exchange.Minter = (*Client)(nil)

@@ -451,14 +451,14 @@ func roleNeeded(k ledger.Kind, owner string) string {
 	}
 }
 
-// ResolveOwner implements exchange.Minter: the id of the project (project
+// resolveOwner asks GitLab for the id of the project (project
 // kinds) or group (group kinds) whose canonical full path is exactly path.
 // GitLab's API also answers for an old path of a moved or renamed project
 // (a redirect route) and ignores case; those answers are refused with
 // exchange.ErrNotFound, because the policy allowed path and nothing else.
 // It always asks GitLab (one GET a mint): a cached id could belong to a
 // project moved since.
-func (c *Client) ResolveOwner(ctx context.Context, kind ledger.Kind, path string) (int64, error) {
+func (c *Client) resolveOwner(ctx context.Context, kind ledger.Kind, path string) (int64, error) {
 	path = strings.Trim(path, "/")
 	if path == "" {
 		return 0, fmt.Errorf("resolve owner: %w: empty path", exchange.ErrRejected)
