@@ -114,6 +114,16 @@ var migrations = []string{
 	`UPDATE ledger_records SET owner_path = owner WHERE owner_path = '' AND owner !~ '^[0-9]{1,18}$';
 	ALTER TABLE ledger_records ALTER COLUMN owner TYPE bigint
 		USING (CASE WHEN owner ~ '^[0-9]{1,18}$' THEN owner::bigint ELSE 0 END);`,
+	// 4: service token self-rotation: one row per rotated token, claimed by one
+	// replica, its successor sealed under a key only the old token's holders have.
+	`CREATE TABLE ledger_rotations (
+		old_sha256 text PRIMARY KEY,
+		holder     text NOT NULL,
+		claimed_at timestamptz NOT NULL,
+		new_sha256 text NOT NULL, -- '' until completed
+		sealed     bytea,
+		done_at    timestamptz
+	);`,
 }
 
 // migrate creates or upgrades the schema. Replicas starting together queue

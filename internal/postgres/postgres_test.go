@@ -267,3 +267,11 @@ func TestMigrateOwnerToID(t *testing.T) {
 		t.Errorf("Holders after the upgrade = %+v, %v; want the one", hs, err)
 	}
 }
+
+func TestRotationContractTwoReplicas(t *testing.T) {
+	testDSN(t)
+	ledgertest.RunRotations(t, func(t *testing.T) (ledger.RotationStore, ledger.RotationStore) {
+		dsn := freshSchema(t)
+		return openTB(t, dsn), openTB(t, dsn)
+	})
+}

@@ -188,6 +188,15 @@ var migrations = []string{
 	UPDATE ledger_records SET owner_id = CAST(owner AS INTEGER) WHERE owner <> '' AND owner NOT GLOB '*[^0-9]*' AND length(owner) <= 18;
 	ALTER TABLE ledger_records DROP COLUMN owner;
 	ALTER TABLE ledger_records RENAME COLUMN owner_id TO owner;`,
+	// 4: service token self-rotation (see ledger.RotationStore).
+	`CREATE TABLE ledger_rotations (
+		old_sha256 TEXT PRIMARY KEY NOT NULL,
+		holder     TEXT NOT NULL,
+		claimed_at INTEGER NOT NULL, -- Unix microseconds, UTC
+		new_sha256 TEXT NOT NULL,    -- '' until completed
+		sealed     BLOB,
+		done_at    INTEGER
+	) STRICT;`,
 }
 
 // migrate checks the connection's durability settings and brings the schema

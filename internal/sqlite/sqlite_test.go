@@ -431,3 +431,10 @@ func TestMigrateOwnerToID(t *testing.T) {
 		t.Fatalf("ClaimDue after the upgrade: %d records, %v", len(due), err)
 	}
 }
+
+func TestRotationContract(t *testing.T) {
+	ledgertest.RunRotations(t, func(t *testing.T) (ledger.RotationStore, ledger.RotationStore) {
+		path := filepath.Join(t.TempDir(), "state.db")
+		return openTB(t, path), openTB(t, path)
+	})
+}
