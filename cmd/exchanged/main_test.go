@@ -71,7 +71,7 @@ func TestCheckNamesEveryProblem(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("check exit %d, want 1", code)
 	}
-	for _, want := range []string{"policy.yaml:3", "colour", "sudo", "duplicate", "match", "readable by others"} {
+	for _, want := range []string{"policy.yaml:3", "colour", "sudo", "duplicate", "match", "must be 0600 or stricter"} {
 		if !strings.Contains(errs, want) {
 			t.Errorf("check output does not mention %q:\n%s", want, errs)
 		}

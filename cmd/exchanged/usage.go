@@ -23,7 +23,9 @@ COMMANDS
     serve     Run the daemon (the default). SIGTERM or SIGINT stop it
               gracefully; SIGHUP reloads the policy file, keeping the policy
               in force when the new one is invalid (the log says why), and
-              fetches GitLab's JWKS again (keys GitLab dropped stop working).
+              fetches GitLab's JWKS again (keys GitLab dropped stop working),
+              and re-reads the service token file (refused, keeping the token
+              in force, unless its mode is 0600 or stricter).
     check     Validate the configuration and the policy, naming every
               problem with its file, line and rule. Exit 0 when valid.
     explain   Print the policy's decision for the claims of an ID token (a
@@ -43,7 +45,9 @@ OPTIONS
 FILES
     /etc/gltoken/exchanged.yaml    configuration
     /etc/gltoken/policy.yaml       trust policy (policy_file)
-    /etc/gltoken/gitlab-token      service account token (gitlab.token_file, mode 0600)
+    /etc/gltoken/gitlab-token      service account token (gitlab.token_file, mode 0600 or
+                                   stricter; rotated in place, so its directory must be
+                                   writable by the daemon unless gitlab.rotation.enabled is false)
     /run/gltoken/exchanged.sock    default Unix socket
     /var/lib/gltoken/state.db      default embedded ledger
 

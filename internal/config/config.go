@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"gltoken.dev/gltoken/internal/svctoken"
 )
 
 // Config is exchanged's configuration. Relative file paths are resolved
@@ -59,7 +61,22 @@ type GitLab struct {
 	TokenFile   string `yaml:"token_file"`
 	RegistryURL string `yaml:"registry_url"`
 	CAFile      string `yaml:"ca_file"`
+	// Rotation of the service token by itself before it expires.
+	Rotation Rotation `yaml:"rotation"`
 }
+
+// Rotation tunes the service token's self-rotation (POST
+// /personal_access_tokens/self/rotate). The token file's directory must be
+// writable by the daemon: the successor is written next to it and renamed over it.
+type Rotation struct {
+	Enabled    *bool    `yaml:"enabled"`     // default true
+	Before     Duration `yaml:"before"`      // rotate this long before expiry (default 168h)
+	Lifetime   Duration `yaml:"lifetime"`    // the successor's lifetime (default 720h, at most 8760h)
+	ProbeAfter Duration `yaml:"probe_after"` // after a lost answer, check the old token this much later (default 5m)
+}
+
+// On reports whether rotation is enabled.
+func (r Rotation) On() bool { return r.Enabled == nil || *r.Enabled }
 
 // Store selects the ledger.
 type Store struct {
@@ -234,6 +251,9 @@ var defaulted = []struct{ key, value string }{
 	{"rate_limit.mints_per_job", "30"},
 	{"rate_limit.mints_per_project", "600"},
 	{"rate_limit.remints_after_revoke", "3"},
+	{"gitlab.rotation.before", "168h"},
+	{"gitlab.rotation.lifetime", "720h"},
+	{"gitlab.rotation.probe_after", "5m"},
 }
 
 func (c *Config) resolvePaths(dir string) {
@@ -291,6 +311,15 @@ func (c *Config) defaults() {
 	}
 	if c.RateLimit.PerSecond == 0 {
 		c.RateLimit.PerSecond = 10
+	}
+	if c.GitLab.Rotation.Before == 0 {
+		c.GitLab.Rotation.Before = Duration(7 * 24 * time.Hour)
+	}
+	if c.GitLab.Rotation.Lifetime == 0 {
+		c.GitLab.Rotation.Lifetime = Duration(30 * 24 * time.Hour)
+	}
+	if c.GitLab.Rotation.ProbeAfter == 0 {
+		c.GitLab.Rotation.ProbeAfter = Duration(5 * time.Minute)
 	}
 	if c.RateLimit.Burst == 0 {
 		c.RateLimit.Burst = 100
@@ -405,6 +434,20 @@ func (c *Config) validate(d *decoder) {
 	if l := c.IDToken.Leeway.D(); l < 0 || l > 60*time.Second {
 		add("id_token.leeway", "id_token.leeway: %s: at most 60s", l)
 	}
+	if r := c.GitLab.Rotation; r.On() {
+		if r.Before.D() < time.Hour {
+			add("gitlab.rotation.before", "gitlab.rotation.before: %s: at least 1h", r.Before.D())
+		}
+		if r.Lifetime.D() > 365*24*time.Hour {
+			add("gitlab.rotation.lifetime", "gitlab.rotation.lifetime: %s: GitLab allows at most 365 days (8760h)", r.Lifetime.D())
+		}
+		if r.Lifetime.D() < r.Before.D()+24*time.Hour {
+			add("gitlab.rotation.lifetime", "gitlab.rotation.lifetime: %s must exceed gitlab.rotation.before (%s) by at least a day, or every rotation would be due at once", r.Lifetime.D(), r.Before.D())
+		}
+		if r.ProbeAfter.D() < time.Minute {
+			add("gitlab.rotation.probe_after", "gitlab.rotation.probe_after: %s: at least 1m (past any request still in flight)", r.ProbeAfter.D())
+		}
+	}
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 || c.RateLimit.MintsPerJob < 0 || c.RateLimit.MintsPerProject < 0 || c.RateLimit.RemintsAfterRevoke < 0 {
 		add("rate_limit", "rate_limit: values must be positive")
 	}
@@ -418,25 +461,8 @@ func loopbackHost(h string) bool {
 }
 
 // ReadToken reads the service account token from gitlab.token_file. It
-// refuses a file that others can read, and never echoes the content.
+// refuses a file anyone but its owner may read (0600 or stricter), and never
+// echoes the content.
 func (c *Config) ReadToken() (string, error) {
-	fi, err := os.Stat(c.GitLab.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("gitlab.token_file: %w", err)
-	}
-	if fi.Mode().Perm()&0o007 != 0 {
-		return "", fmt.Errorf("gitlab.token_file %s: readable by others (mode %04o); chmod 600 or 640", c.GitLab.TokenFile, fi.Mode().Perm())
-	}
-	data, err := os.ReadFile(c.GitLab.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("gitlab.token_file: %w", err)
-	}
-	tok := strings.TrimSpace(string(data))
-	if tok == "" {
-		return "", fmt.Errorf("gitlab.token_file %s: empty", c.GitLab.TokenFile)
-	}
-	if strings.ContainsAny(tok, "\r\n\t ") || len(tok) > 1024 {
-		return "", fmt.Errorf("gitlab.token_file %s: does not hold a single token", c.GitLab.TokenFile)
-	}
-	return tok, nil
+	return svctoken.ReadFile(c.GitLab.TokenFile)
 }

@@ -34,6 +34,10 @@ audience: https://gltoken.example.com
 policy_file: /etc/gltoken/policy.yaml
 `
 
+func withRotation(r string) string {
+	return strings.Replace(valid, "token_file: /etc/gltoken/gitlab-token}", "token_file: /etc/gltoken/gitlab-token, rotation: "+r+"}", 1)
+}
+
 func TestValidation(t *testing.T) {
 	tests := []struct {
 		name string
@@ -53,6 +57,10 @@ func TestValidation(t *testing.T) {
 		{"bad driver", valid + "store: {driver: mysql}\n", []string{"use sqlite or postgres"}},
 		{"postgres without dsn", valid + "store: {driver: postgres}\n", []string{"store.dsn is required"}},
 		{"bad listen", strings.Replace(valid, "unix:///run/gltoken/exchanged.sock", "http://x", 1), []string{"use unix:///path"}},
+		{"rotation lifetime under the lead time", withRotation("{before: 720h, lifetime: 720h}"), []string{"must exceed gitlab.rotation.before"}},
+		{"rotation lifetime over GitLab's maximum", withRotation("{lifetime: 9000h}"), []string{"at most 365 days"}},
+		{"rotation probe too soon", withRotation("{probe_after: 10s}"), []string{"probe_after"}},
+		{"rotation off ignores its tuning", withRotation("{enabled: false, lifetime: 9000h}"), nil},
 	}
 	tests[3].yaml = strings.Replace(valid, "listen: [unix:///run/gltoken/exchanged.sock]", "listen: [tcp://0.0.0.0:8638]", 1)
 	tests[3].want = []string{"tls.cert_file and tls.key_file are required"}

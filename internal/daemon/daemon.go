@@ -27,6 +27,7 @@ import (
 	"gltoken.dev/gltoken/internal/policy"
 	"gltoken.dev/gltoken/internal/postgres"
 	"gltoken.dev/gltoken/internal/sqlite"
+	"gltoken.dev/gltoken/internal/svctoken"
 )
 
 // Daemon is an assembled exchanged, ready to Run.
@@ -39,6 +40,7 @@ type Daemon struct {
 	store    ledger.Store
 	reaper   *exchange.Reaper
 	sweeper  *exchange.Sweeper
+	keeper   *svctoken.Keeper
 	srv      *httpapi.Server
 	cancel   context.CancelFunc
 	ctx      context.Context
@@ -79,8 +81,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("policy", err)
 	}
 	logWarnings(log, d.policy.Current())
-	token, err := cfg.ReadToken()
-	if err != nil {
+	if _, err := cfg.ReadToken(); err != nil {
 		return nil, step("service account token", err)
 	}
 	hc, err := gitlab.NewHTTPClient(cfg.GitLab.CAFile)
@@ -107,10 +108,19 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		VerifyCache:   d.verifier.CacheStats,
 		PolicyRules:   func() int { return len(d.policy.Current().Rules()) },
 		PolicyReloads: d.policy.Reloads,
+		// The keeper is set below, before anything is served or scraped.
+		ServiceTokenExpiry: func() time.Time { return d.keeper.ExpiresAt() },
+		ServiceTokenAlert:  func() bool { return d.keeper.Alerting() },
 	})
-	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, Token: token, HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse})
+	// The service token in force comes from the keeper, which rotates it;
+	// the GitLab client reads it at each request.
+	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, TokenSource: func() string { return d.keeper.Token() },
+		HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse})
 	if err != nil {
 		return nil, step("gitlab client", err)
+	}
+	if d.keeper, err = newKeeper(cfg, minter, d.store, log, m); err != nil {
+		return nil, step("service account token", err)
 	}
 	audit := log.With("log", "audit")
 	svc, err := exchange.New(exchange.Config{
@@ -159,6 +169,22 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	return d, nil
 }
 
+// newKeeper builds the service token's keeper. Replicas on PostgreSQL
+// coordinate rotation through the store; an embedded store belongs to one
+// process, which needs no coordination.
+func newKeeper(cfg *config.Config, gl *gitlab.Client, store ledger.Store, log *slog.Logger, m *metrics.Metrics) (*svctoken.Keeper, error) {
+	var rs ledger.RotationStore
+	if cfg.Store.Driver == "postgres" {
+		rs, _ = store.(ledger.RotationStore)
+	}
+	r := cfg.GitLab.Rotation
+	return svctoken.New(svctoken.Config{
+		File: cfg.GitLab.TokenFile, GitLab: gl, Store: rs, Rotate: r.On(),
+		Before: r.Before.D(), Lifetime: r.Lifetime.D(), ProbeAfter: r.ProbeAfter.D(),
+		Logger: log, OnEvent: m.ServiceTokenEvent,
+	})
+}
+
 // overdueGrace is how long past its TTL a credential may stay before it
 // counts as overdue: one reaper interval (default 10s).
 func overdueGrace(cfg *config.Config) time.Duration {
@@ -179,8 +205,9 @@ func (d *Daemon) ready(ctx context.Context) error {
 	return nil
 }
 
-// Run serves until ctx ends (then drains for up to 20 s), runs the reaper,
-// and on SIGHUP reloads the policy and refreshes GitLab's keys. It closes
+// Run serves until ctx ends (then drains for up to 20 s), runs the reaper
+// and the service token's keeper, and on SIGHUP reloads the policy, the
+// service token file and refreshes GitLab's keys. It closes
 // the daemon when it returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.close()
@@ -191,9 +218,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); d.reaper.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.sweeper.Run(d.ctx) }()
+	go func() { defer wg.Done(); d.keeper.Start(d.ctx); d.keeper.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.onHangup(d.ctx, hup) }()
 
 	addrs := make([]string, 0, len(d.cfg.Listen))
@@ -222,6 +250,7 @@ func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
 				d.log.Info("policy reloaded", "file", d.policy.File(), "rules", len(p.Rules()))
 				logWarnings(d.log, p)
 			}
+			_ = d.keeper.Reload(ctx) // a refused file is logged; the token in force stays
 			// An emergency key rotation at GitLab: drop removed keys now.
 			if err := d.verifier.Refresh(ctx); err != nil {
 				d.log.Error("JWKS refresh on SIGHUP failed; the key set in force stays", "error", err.Error())

@@ -38,6 +38,9 @@ type Config struct {
 	// Token is the service account's token. It MUST NOT be logged; the Client
 	// never puts it in an error or a log record.
 	Token string
+	// TokenSource, when set, is read at every request instead of Token: the
+	// service token in force, which self-rotation replaces (svctoken.Keeper.Token).
+	TokenSource func() string
 	// HTTPClient carries timeouts and the CA pool. It is copied, never modified.
 	// Default: a client with a 30 s timeout.
 	HTTPClient *http.Client
@@ -81,7 +84,7 @@ func New(cfg Config) (*Client, error) {
 	if !strings.HasPrefix(cfg.BaseURL, "https://") && !strings.HasPrefix(cfg.BaseURL, "http://") {
 		return nil, fmt.Errorf("gitlab: base URL %q must start with https:// or http://", cfg.BaseURL)
 	}
-	if strings.TrimSpace(cfg.Token) == "" {
+	if cfg.TokenSource == nil && strings.TrimSpace(cfg.Token) == "" {
 		return nil, errors.New("gitlab: service token is empty")
 	}
 	c := &Client{
@@ -124,7 +127,11 @@ func New(cfg Config) (*Client, error) {
 		wait = 250 * time.Millisecond
 	}
 
-	client, err := gl.NewClient(cfg.Token,
+	var auth gl.AuthSource = gl.AccessTokenAuthSource{Token: cfg.Token}
+	if cfg.TokenSource != nil {
+		auth = tokenSource(cfg.TokenSource)
+	}
+	client, err := gl.NewAuthSourceClient(auth,
 		gl.WithBaseURL(cfg.BaseURL),
 		gl.WithHTTPClient(&hc),
 		gl.WithUserAgent("gltoken"),

@@ -29,6 +29,7 @@ type Metrics struct {
 	revocations *prometheus.CounterVec
 	gitlabCalls *prometheus.CounterVec
 	limited     *prometheus.CounterVec
+	rotations   *prometheus.CounterVec
 }
 
 // Sources are read at scrape time.
@@ -50,6 +51,11 @@ type Sources struct {
 
 	CountTTL time.Duration    // default DefaultCountTTL
 	Now      func() time.Time // default time.Now
+	// ServiceTokenExpiry is the service token's expiry (zero: unknown or never).
+	ServiceTokenExpiry func() time.Time
+	// ServiceTokenAlert reports an alert on the service token (a lost
+	// rotation answer, a token GitLab rejects, a token not on disk).
+	ServiceTokenAlert func() bool
 }
 
 // DefaultCountTTL is how long a ledger count is reused by scrapes.
@@ -77,7 +83,11 @@ func New(src Sources) *Metrics {
 	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_rate_limited_total", Help: "Requests answered 429, by reason (peer_failures, job_mints, project_mints, gitlab_budget, gitlab, …).",
 	}, []string{"reason"})
-	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls, m.limited,
+	m.rotations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gltoken_service_token_rotations_total",
+		Help: "Service token self-rotation events: rotated, adopted (from another replica), refused, lost (alert), revoked (alert), not_writable, persist_failed, not_rotated, publish_failed.",
+	}, []string{"outcome"})
+	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls, m.limited, m.rotations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.LiveTokens != nil {
 		live := &cachedCount{count: src.LiveTokens, ttl: src.CountTTL, now: src.Now}
@@ -133,6 +143,27 @@ func New(src Sources) *Metrics {
 			Name: "gltoken_policy_reload_failures_total", Help: "Policy reloads refused (the old policy stays in force).",
 		}, func() float64 { _, failed := src.PolicyReloads(); return float64(failed) }))
 	}
+	if src.ServiceTokenExpiry != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_service_token_expiry_timestamp_seconds", Help: "When the service token expires (unix seconds; 0: unknown or never).",
+		}, func() float64 {
+			if t := src.ServiceTokenExpiry(); !t.IsZero() {
+				return float64(t.Unix())
+			}
+			return 0
+		}))
+	}
+	if src.ServiceTokenAlert != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_service_token_alert",
+			Help: "1 when the service token needs an operator: a rotation's answer was lost, GitLab rejects the token, or a rotated token is not on disk (see the README's recovery steps).",
+		}, func() float64 {
+			if src.ServiceTokenAlert() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	return m
 }
 
@@ -172,6 +203,9 @@ func (c *cachedCount) get() float64 {
 	})
 	return v.(float64)
 }
+
+// ServiceTokenEvent counts one service token rotation event (svctoken.Event*).
+func (m *Metrics) ServiceTokenEvent(outcome string) { m.rotations.WithLabelValues(outcome).Inc() }
 
 // Handler serves the registry in Prometheus' text format.
 func (m *Metrics) Handler() http.Handler {
