@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"gltoken.dev/gltoken/internal/loopback"
 )
 
 // The RFC 8693 names this client sends.
@@ -190,7 +192,7 @@ func New(daemon string, opts Options) (*Client, error) {
 		}}
 		c.base = "http://" + unixHost
 	case "http":
-		if !isLoopbackHost(u.Hostname()) {
+		if !loopback.Host(u.Hostname()) {
 			return nil, fmt.Errorf("daemon %q: %w", daemon, ErrInsecureDaemon)
 		}
 		if opts.HTTPClient != nil {
@@ -256,14 +258,6 @@ func New(daemon string, opts Options) (*Client, error) {
 	hc.Timeout = timeout
 	c.hc = hc
 	return c, nil
-}
-
-func isLoopbackHost(h string) bool {
-	if strings.EqualFold(h, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 func loadCA(file string) (*x509.CertPool, error) {

@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"gltoken.dev/gltoken/internal/loopback"
 	"gltoken.dev/gltoken/internal/svctoken"
 )
 
@@ -363,7 +364,7 @@ func (c *Config) validate(d *decoder) {
 			if u.Port() == "" {
 				add(fmt.Sprintf("listen[%d]", i), "listen: %q: a port is required (tcp://host:port)", l)
 			}
-			if !loopbackHost(u.Hostname()) && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+			if !loopback.Host(u.Hostname()) && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
 				add(fmt.Sprintf("listen[%d]", i), "listen: %q is not loopback, so tls.cert_file and tls.key_file are required", l)
 			}
 		default:
@@ -384,7 +385,7 @@ func (c *Config) validate(d *decoder) {
 		add("gitlab.url", "gitlab.url is required (e.g. https://gitlab.example.com)")
 	} else if u, err := url.Parse(c.GitLab.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.User != nil {
 		add("gitlab.url", "gitlab.url: %q is not an http(s) URL", c.GitLab.URL)
-	} else if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+	} else if u.Scheme == "http" && !loopback.Host(u.Hostname()) {
 		add("gitlab.url", "gitlab.url: %q: plain http is allowed only for a loopback GitLab (tests); use https", c.GitLab.URL)
 	} else if strings.HasSuffix(c.GitLab.URL, "/") {
 		add("gitlab.url", "gitlab.url: %q: drop the trailing slash (it must equal the ID tokens' iss exactly)", c.GitLab.URL)
@@ -451,13 +452,6 @@ func (c *Config) validate(d *decoder) {
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 || c.RateLimit.MintsPerJob < 0 || c.RateLimit.MintsPerProject < 0 || c.RateLimit.RemintsAfterRevoke < 0 {
 		add("rate_limit", "rate_limit: values must be positive")
 	}
-}
-
-func loopbackHost(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	return strings.HasPrefix(h, "127.") || h == "::1"
 }
 
 // ReadToken reads the service account token from gitlab.token_file. It

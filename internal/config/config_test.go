@@ -61,6 +61,9 @@ func TestValidation(t *testing.T) {
 		{"rotation lifetime over GitLab's maximum", withRotation("{lifetime: 9000h}"), []string{"at most 365 days"}},
 		{"rotation probe too soon", withRotation("{probe_after: 10s}"), []string{"probe_after"}},
 		{"rotation off ignores its tuning", withRotation("{enabled: false, lifetime: 9000h}"), nil},
+		// Issue 9.6: a name starting with "127." is not loopback.
+		{"http gitlab named like loopback", strings.Replace(valid, "https://gitlab.example.com", "http://127.attacker.example", 1), []string{"plain http"}},
+		{"http gitlab on loopback", strings.Replace(valid, "https://gitlab.example.com", "http://127.0.0.1:8080", 1), nil},
 	}
 	tests[3].yaml = strings.Replace(valid, "listen: [unix:///run/gltoken/exchanged.sock]", "listen: [tcp://0.0.0.0:8638]", 1)
 	tests[3].want = []string{"tls.cert_file and tls.key_file are required"}

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"gltoken.dev/gltoken/internal/loopback"
 )
 
 // TLSFiles names the PEM files for TCP listeners.
@@ -145,7 +147,7 @@ func listen(addr string, tlsCfg *tls.Config) (net.Listener, error) {
 		return ln, nil
 	case "tcp":
 		host := u.Hostname()
-		if tlsCfg == nil && !isLoopback(host) {
+		if tlsCfg == nil && !loopback.Host(host) {
 			return nil, fmt.Errorf("listen %s: TLS is required on a non-loopback address (set tls.cert_file and tls.key_file)", addr)
 		}
 		ln, err := net.Listen("tcp", u.Host)
@@ -158,14 +160,6 @@ func listen(addr string, tlsCfg *tls.Config) (net.Listener, error) {
 		return ln, nil
 	}
 	return nil, fmt.Errorf("listen %q: scheme must be unix:// or tcp://", addr)
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func loadTLS(f TLSFiles) (*tls.Config, error) {

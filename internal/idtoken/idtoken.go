@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -38,6 +37,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"golang.org/x/sync/singleflight"
+
+	"gltoken.dev/gltoken/internal/loopback"
 )
 
 // Sentinel errors. Verify wraps exactly the ones that apply, with detail that never includes the
@@ -265,7 +266,7 @@ func normalise(cfg *Config) error {
 	if err := checkURL(cfg.JWKSURL); err != nil {
 		return fmt.Errorf("JWKS URL %q: %w", cfg.JWKSURL, err)
 	}
-	if u, _ := url.Parse(cfg.JWKSURL); u.Scheme == "http" && !isLoopback(u.Hostname()) && !cfg.InsecureAllowHTTPJWKS {
+	if u, _ := url.Parse(cfg.JWKSURL); u.Scheme == "http" && !loopback.Host(u.Hostname()) && !cfg.InsecureAllowHTTPJWKS {
 		return fmt.Errorf("JWKS URL %q: plain http is only allowed to a loopback host", cfg.JWKSURL)
 	}
 	if cfg.Audience == "" {
@@ -334,14 +335,6 @@ func checkURL(s string) error {
 		return errors.New("must be an absolute URL with a host and no userinfo, query or fragment")
 	}
 	return nil
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Close stops the background refresher. Verify keeps using the last key set.
