@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/agent"
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitcred"
 	"gltoken.dev/gltoken/internal/gitlaboauth"
 )
@@ -333,7 +334,7 @@ func developerGet(ctx context.Context, s *settings, d *devSettings, req *gitcred
 	if _, err := stdout.Write(out.Bytes()); err != nil {
 		return failf(stderr, "cannot answer git: %v", err)
 	}
-	s.trace("answered git with the OAuth token %s for %s", fingerprint(tok.AccessToken), host)
+	s.trace("answered git with the OAuth token %s for %s", fingerprint.Short(tok.AccessToken), host)
 	return 0
 }
 

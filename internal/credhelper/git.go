@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitcred"
 )
 
@@ -139,7 +140,7 @@ func gitGet(ctx context.Context, s *settings, d *devSettings, scopes []string, s
 	if _, err := stdout.Write(out.Bytes()); err != nil {
 		return failf(stderr, "cannot answer git: %v", err)
 	}
-	s.trace("answered git with %s for %s", fingerprint(tok.AccessToken), tok.Username)
+	s.trace("answered git with %s for %s", fingerprint.Short(tok.AccessToken), tok.Username)
 	return 0
 }
 
@@ -170,7 +171,7 @@ func gitErase(ctx context.Context, s *settings, d *devSettings, stdin io.Reader,
 		s.trace("erase for user %q: not a credential gltoken hands out, left alone", req.Username)
 		return 0
 	}
-	fp := fingerprint(req.Password)
+	fp := fingerprint.Short(req.Password)
 	c, err := s.client()
 	if err != nil {
 		return failf(stderr, "cannot revoke the rejected credential %s: %s", fp, describe(err))

@@ -8,8 +8,6 @@ package credhelper
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +18,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/client"
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 const (
@@ -95,14 +94,14 @@ func (s *settings) idToken() (string, error) {
 		if tok == "" {
 			return "", fmt.Errorf("the ID token file %s is empty", s.idTokenFile)
 		}
-		s.trace("ID token from file %s (%s)", s.idTokenFile, fingerprint(tok))
+		s.trace("ID token from file %s (%s)", s.idTokenFile, fingerprint.Short(tok))
 		return tok, nil
 	}
 	tok := strings.TrimSpace(s.env(s.idTokenEnv))
 	if tok == "" {
 		return "", errNoIDToken{s.idTokenEnv}
 	}
-	s.trace("ID token from $%s (%s)", s.idTokenEnv, fingerprint(tok))
+	s.trace("ID token from $%s (%s)", s.idTokenEnv, fingerprint.Short(tok))
 	return tok, nil
 }
 
@@ -144,7 +143,7 @@ func (s *settings) exchange(ctx context.Context, c *client.Client, idToken, reso
 		return nil, err
 	}
 	left := time.Until(tok.ExpiresAt)
-	s.trace("got %s for %s, expires in %s (request id %s)", fingerprint(tok.AccessToken), tok.Username, left.Round(time.Second), orNone(tok.RequestID))
+	s.trace("got %s for %s, expires in %s (request id %s)", fingerprint.Short(tok.AccessToken), tok.Username, left.Round(time.Second), orNone(tok.RequestID))
 	if left < s.margin {
 		return nil, errTooShort{left: left, margin: s.margin, requestID: tok.RequestID}
 	}
@@ -215,12 +214,6 @@ func advice(e *client.Error) string {
 		return "the daemon URL redirects, which is never followed: fix --daemon or GLTOKEN_DAEMON"
 	}
 	return "see the daemon's log for this request id"
-}
-
-// fingerprint names a secret without revealing it.
-func fingerprint(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return "sha256:" + hex.EncodeToString(sum[:8])
 }
 
 func orNone(s string) string {

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 const (
@@ -429,7 +431,7 @@ func TestEraseFailure(t *testing.T) {
 	if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || strings.Contains(r.stderr, testSecret) {
 		t.Fatalf("erase failure: %+v", r)
 	}
-	if !strings.HasPrefix(r.stderr, "gltoken: cannot revoke the rejected credential "+fingerprint(testSecret)+": cannot reach the gltoken daemon") {
+	if !strings.HasPrefix(r.stderr, "gltoken: cannot revoke the rejected credential "+fingerprint.Short(testSecret)+": cannot reach the gltoken daemon") {
 		t.Fatalf("stderr = %q", r.stderr)
 	}
 }
@@ -465,13 +467,13 @@ func TestDebugNeverPrintsSecrets(t *testing.T) {
 	if strings.Contains(r.stderr, testIDToken) || strings.Contains(r.stderr, testSecret) {
 		t.Fatalf("debug output contains a secret: %q", r.stderr)
 	}
-	for _, want := range []string{fingerprint(testIDToken), fingerprint(testSecret), "resource=https://gitlab.example.com/platform/lib.git"} {
+	for _, want := range []string{fingerprint.Short(testIDToken), fingerprint.Short(testSecret), "resource=https://gitlab.example.com/platform/lib.git"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("debug output lacks %q: %q", want, r.stderr)
 		}
 	}
 	r = runWith(t, []string{"git-credential-gltoken", "erase"}, env, "protocol=https\nhost=h\nusername=project_7_bot_0a1b\npassword="+testSecret+"\n")
-	if r.code != 0 || strings.Contains(r.stderr, testSecret) || !strings.Contains(r.stderr, fingerprint(testSecret)) {
+	if r.code != 0 || strings.Contains(r.stderr, testSecret) || !strings.Contains(r.stderr, fingerprint.Short(testSecret)) {
 		t.Fatalf("erase debug: %+v", r)
 	}
 }

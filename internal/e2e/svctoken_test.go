@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 // The daemon rotates a service token that expires within the lead time
@@ -43,9 +43,9 @@ func TestServiceTokenRotatesItself(t *testing.T) {
 	var oldRevoked, nextActive bool
 	for _, st := range w.gl.Tokens() {
 		switch st.SecretSHA256 {
-		case sha256hex(old):
+		case fingerprint.Of(old):
 			oldRevoked = st.Revoked
-		case sha256hex(next):
+		case fingerprint.Of(next):
 			nextActive = !st.Revoked
 			if st.ExpiresAt == nil || time.Until(*st.ExpiresAt) < 28*24*time.Hour {
 				t.Fatalf("successor expiry %v, want about 30 days (rotation.lifetime)", st.ExpiresAt)
@@ -92,9 +92,4 @@ func TestServiceTokenRotatesItself(t *testing.T) {
 		}
 	}
 	assertNoSecrets(t, "daemon log", d.logs.String())
-}
-
-func sha256hex(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
 )
@@ -57,7 +58,7 @@ func (c *Cache) put(key string, e cached, now time.Time) {
 		}
 	}
 	c.byKey[key] = e
-	c.bySHA[Fingerprint(e.cred.Secret)] = key
+	c.bySHA[fingerprint.Of(e.cred.Secret)] = key
 }
 
 // forgetSecret drops the credential whose secret has that fingerprint.
@@ -82,7 +83,7 @@ func (c *Cache) forgetLedgerID(id string) {
 
 func (c *Cache) forgetLocked(key string) {
 	if e, ok := c.byKey[key]; ok {
-		delete(c.bySHA, Fingerprint(e.cred.Secret))
+		delete(c.bySHA, fingerprint.Of(e.cred.Secret))
 		delete(c.byKey, key)
 	}
 }

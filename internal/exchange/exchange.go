@@ -8,8 +8,6 @@ package exchange
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +15,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
 	"gltoken.dev/gltoken/internal/policy"
@@ -156,7 +155,7 @@ func (s *Service) Exchange(ctx context.Context, req Request) (*Issued, error) {
 		ev.Detail = e.detail
 	} else {
 		ev.Kind, ev.LedgerID, ev.Username, ev.ExpiresAt, ev.Cached = granted.Kind, granted.LedgerID, granted.Username, granted.ExpiresAt, granted.Cached
-		ev.SecretSHA256 = Fingerprint(granted.AccessToken)
+		ev.SecretSHA256 = fingerprint.Of(granted.AccessToken)
 	}
 	ev.Outcome = outcome
 	s.cfg.Observer.Exchanged(outcome, ev.Kind, ev.Duration)
@@ -241,7 +240,7 @@ func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 // tokens are not an error.
 func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) error {
 	start := s.cfg.Now()
-	sha := Fingerprint(token)
+	sha := fingerprint.Of(token)
 	s.cache.forgetSecret(sha)
 	ev := auditEvent{RequestID: requestID, SecretSHA256: sha, Peer: peer, Outcome: "unknown_token"}
 	defer func() {
@@ -287,13 +286,6 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 		s.cfg.Limiter.ClientRevoked(jobKey(rec.JobID, rec.TokenJTI), rec.OwnerPath)
 	}
 	return nil
-}
-
-// Fingerprint is the hex SHA-256 of a secret: the only form in which a secret
-// may appear in logs, audit events and the ledger.
-func Fingerprint(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
 }
 
 func truncate(s string, n int) string {

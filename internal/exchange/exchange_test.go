@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
 	"gltoken.dev/gltoken/internal/policy"
@@ -270,7 +271,7 @@ func TestExchangeDecisions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.State != ledger.Active || rec.SecretSHA256 != Fingerprint(granted.AccessToken) || !rec.ExpiresAt.Equal(granted.ExpiresAt) {
+			if rec.State != ledger.Active || rec.SecretSHA256 != fingerprint.Of(granted.AccessToken) || !rec.ExpiresAt.Equal(granted.ExpiresAt) {
 				t.Errorf("ledger record = %+v", rec)
 			}
 		})

@@ -12,6 +12,7 @@ import (
 	gl "gitlab.com/gitlab-org/api/client-go"
 
 	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitlab"
 	"gltoken.dev/gltoken/internal/gitlabfake"
 	"gltoken.dev/gltoken/internal/ledger"
@@ -102,7 +103,7 @@ func (f *lifeFixture) mint(t *testing.T, id string, ttl time.Duration, activate 
 		t.Fatal(err)
 	}
 	if activate {
-		if err := f.store.Activate(ctx, id, cred.GitLabID, cred.Username, exchange.Fingerprint(cred.Secret), now.Add(ttl)); err != nil {
+		if err := f.store.Activate(ctx, id, cred.GitLabID, cred.Username, fingerprint.Of(cred.Secret), now.Add(ttl)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -310,7 +311,7 @@ func BenchmarkRevocationLag(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := f.store.Activate(ctx, id, cred.GitLabID, cred.Username, exchange.Fingerprint(cred.Secret), exp); err != nil {
+			if err := f.store.Activate(ctx, id, cred.GitLabID, cred.Username, fingerprint.Of(cred.Secret), exp); err != nil {
 				b.Fatal(err)
 			}
 			r.Schedule(exp)

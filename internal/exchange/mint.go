@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
 )
@@ -61,7 +62,7 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	if !cred.ExpiresAt.IsZero() && cred.ExpiresAt.Before(expires) {
 		expires = cred.ExpiresAt
 	}
-	if err := s.store.Activate(ctx, id, cred.GitLabID, cred.Username, Fingerprint(cred.Secret), expires); err != nil {
+	if err := s.store.Activate(ctx, id, cred.GitLabID, cred.Username, fingerprint.Of(cred.Secret), expires); err != nil {
 		// The intent stays for the reaper if the store is down; if the reaper
 		// already gave up on it, end the credential now.
 		ref := TokenRef{Kind: cred.Kind, Owner: cred.Owner, GitLabID: cred.GitLabID}

@@ -10,9 +10,7 @@ package gitlab
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -420,10 +418,4 @@ func retryAfter(resp *gl.Response, now time.Time) time.Duration {
 		}
 	}
 	return time.Minute
-}
-
-// fingerprint is the hex SHA-256 of a secret: what logs carry instead of it.
-func fingerprint(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
 }

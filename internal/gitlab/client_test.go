@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -213,7 +214,7 @@ func TestMintDeployTokens(t *testing.T) {
 
 func redacted(c exchange.Credential) exchange.Credential {
 	if c.Secret != "" {
-		c.Secret = "sha256:" + fingerprint(c.Secret)[:12]
+		c.Secret = "sha256:" + fingerprint.Of(c.Secret)[:12]
 	}
 	return c
 }

@@ -13,6 +13,7 @@ import (
 	gl "gitlab.com/gitlab-org/api/client-go"
 
 	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -81,7 +82,7 @@ func (c *Client) Mint(ctx context.Context, req exchange.MintRequest) (exchange.C
 	c.log.DebugContext(ctx, "gitlab token minted",
 		"kind", string(req.Kind), "owner", req.OwnerPath, "owner_id", req.Owner,
 		"name", req.Name, "gitlab_id", cred.GitLabID, "username", cred.Username,
-		"expires_at", cred.ExpiresAt, "secret_sha256", fingerprint(cred.Secret))
+		"expires_at", cred.ExpiresAt, "secret_sha256", fingerprint.Of(cred.Secret))
 	return cred, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitlabfake"
 	"gltoken.dev/gltoken/internal/ledger"
 )
@@ -111,7 +112,7 @@ func TestStandinMintEachKind(t *testing.T) {
 			if strings.Join(tok.Scopes, " ") != strings.Join(tt.scopes, " ") {
 				t.Errorf("scopes = %v, want %v", tok.Scopes, tt.scopes)
 			}
-			if tok.SecretSHA256 != fingerprint(cred.Secret) {
+			if tok.SecretSHA256 != fingerprint.Of(cred.Secret) {
 				t.Errorf("secret fingerprint differs from the stand-in's")
 			}
 			if tok.Username != cred.Username || cred.Username == "" {

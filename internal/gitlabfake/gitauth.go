@@ -2,6 +2,8 @@ package gitlabfake
 
 import (
 	"slices"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 // Abilities (lib/gitlab/auth.rb abilities_for_scopes).
@@ -68,7 +70,7 @@ func (s *Server) findForGitClientLocked(login, password string, project *Project
 	if a := s.oauthActorLocked(login, password); a != nil {
 		return a
 	}
-	t := s.tokenByHash[fingerprint(password)]
+	t := s.tokenByHash[fingerprint.Of(password)]
 	if t == nil {
 		return nil
 	}

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 // GitLab's OAuth provider is Doorkeeper, configured in config/initializers/doorkeeper.rb and
@@ -61,8 +63,8 @@ type oauthToken struct {
 	app        *OAuthApplication
 	userID     int64
 	scopes     []string
-	access     [32]byte
-	refresh    [32]byte
+	access     string
+	refresh    string
 	createdAt  time.Time
 	expiresIn  time.Duration
 	revokedAt  *time.Time
@@ -495,7 +497,7 @@ func (s *Server) handleOAuthToken(w http.ResponseWriter, r *http.Request, _ para
 		userID, scopes = g.userID, g.scopes
 		defer func() { g.issuedTokenID = len(s.oauthTokens) - 1 }()
 	case "refresh_token":
-		old := s.oauthByRefresh[fingerprint(r.PostForm.Get("refresh_token"))]
+		old := s.oauthByRefresh[fingerprint.Of(r.PostForm.Get("refresh_token"))]
 		if old == nil || old.app != app || old.revokedAt != nil {
 			fail(http.StatusBadRequest, "invalid_grant", descInvalidGrant)
 			return
@@ -522,7 +524,7 @@ func (s *Server) handleOAuthToken(w http.ResponseWriter, r *http.Request, _ para
 		return
 	}
 	access, refresh := randomHex(32), randomHex(32)
-	t := &oauthToken{app: app, userID: userID, scopes: slices.Clone(scopes), access: fingerprint(access), refresh: fingerprint(refresh), createdAt: now, expiresIn: oauthAccessTTL}
+	t := &oauthToken{app: app, userID: userID, scopes: slices.Clone(scopes), access: fingerprint.Of(access), refresh: fingerprint.Of(refresh), createdAt: now, expiresIn: oauthAccessTTL}
 	s.oauthTokens = append(s.oauthTokens, t)
 	s.oauthByAccess[t.access] = t
 	s.oauthByRefresh[t.refresh] = t
@@ -562,7 +564,7 @@ func (s *Server) handleOAuthRevoke(w http.ResponseWriter, r *http.Request, _ par
 		oauthError(w, http.StatusUnauthorized, "invalid_client", descInvalidClient)
 		return
 	}
-	h := fingerprint(r.PostForm.Get("token"))
+	h := fingerprint.Of(r.PostForm.Get("token"))
 	t := s.oauthByAccess[h]
 	if t == nil {
 		t = s.oauthByRefresh[h]
@@ -577,7 +579,7 @@ func (s *Server) handleOAuthRevoke(w http.ResponseWriter, r *http.Request, _ par
 // oauthActorLocked is Gitlab::Auth#oauth_access_token_check: any login, an accessible
 // token with at least one of the configured scopes, a user who may sign in.
 func (s *Server) oauthActorLocked(login, password string) *gitActor {
-	t := s.oauthByAccess[fingerprint(password)]
+	t := s.oauthByAccess[fingerprint.Of(password)]
 	if t == nil || !t.accessible(s.now()) {
 		return nil
 	}

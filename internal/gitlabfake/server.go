@@ -87,7 +87,7 @@ type Server struct {
 	members          map[string]map[int64]int // source key ("g:ID"/"p:ID") -> user id -> access level
 
 	tokens      []*token // every token ever issued (deploy tokens too, deleted ones flagged)
-	tokenByHash map[[32]byte]*token
+	tokenByHash map[string]*token
 
 	keys       []*signingKey // published in JWKS, in order added
 	currentKID string
@@ -118,8 +118,8 @@ type Server struct {
 	deviceByUserCode map[string]*deviceGrant
 	accessGrants     map[string]*accessGrant
 	oauthTokens      []*oauthToken
-	oauthByAccess    map[[32]byte]*oauthToken
-	oauthByRefresh   map[[32]byte]*oauthToken
+	oauthByAccess    map[string]*oauthToken
+	oauthByRefresh   map[string]*oauthToken
 	oauthEvents      []OAuthTokenEvent
 
 	closeOnce sync.Once
@@ -139,14 +139,14 @@ func New(opts Options) (*Server, error) {
 		projectsByPath:   map[string]*Project{},
 		projectRedirects: map[string]int64{},
 		members:          map[string]map[int64]int{},
-		tokenByHash:      map[[32]byte]*token{},
+		tokenByHash:      map[string]*token{},
 		rateLimit:        defaultRateLimit,
 		oauthApps:        map[string]*OAuthApplication{},
 		deviceByCode:     map[string]*deviceGrant{},
 		deviceByUserCode: map[string]*deviceGrant{},
 		accessGrants:     map[string]*accessGrant{},
-		oauthByAccess:    map[[32]byte]*oauthToken{},
-		oauthByRefresh:   map[[32]byte]*oauthToken{},
+		oauthByAccess:    map[string]*oauthToken{},
+		oauthByRefresh:   map[string]*oauthToken{},
 	}
 	if s.now == nil {
 		s.now = time.Now

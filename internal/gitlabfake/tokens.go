@@ -2,7 +2,6 @@ package gitlabfake
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"math/big"
 	"net/http"
@@ -10,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 // Token kinds, as TokenState.Kind.
@@ -43,7 +44,7 @@ type TokenState struct {
 
 type token struct {
 	TokenState
-	hash [32]byte
+	hash string
 }
 
 // Scope lists, from lib/gitlab/auth.rb and app/models/deploy_token.rb.
@@ -77,8 +78,6 @@ func isPAT(kind string) bool {
 
 func isDeploy(kind string) bool { return kind == KindDeployProject || kind == KindDeployGroup }
 
-func fingerprint(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
-
 const secretAlphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 func newSecret(prefix string) string {
@@ -108,8 +107,8 @@ func dateUTC(t time.Time) time.Time {
 }
 
 func (s *Server) storeTokenLocked(t *token, secret string) {
-	t.hash = fingerprint(secret)
-	t.SecretSHA256 = hex.EncodeToString(t.hash[:])
+	t.hash = fingerprint.Of(secret)
+	t.SecretSHA256 = t.hash
 	s.tokens = append(s.tokens, t)
 	s.tokenByHash[t.hash] = t
 }
@@ -242,7 +241,7 @@ func (s *Server) authenticateAPI(w http.ResponseWriter, r *http.Request, rule sc
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := s.tokenByHash[fingerprint(secret)]
+	t := s.tokenByHash[fingerprint.Of(secret)]
 	if t == nil || !isPAT(t.Kind) {
 		// Deploy tokens are not REST API credentials.
 		writeMessage(w, http.StatusUnauthorized, "401 Unauthorized")

@@ -16,13 +16,12 @@
 //
 // For the API: ErrKeysUnavailable means the token could not be judged (503
 // temporarily_unavailable); every other error means the token is not acceptable (400
-// invalid_grant). Error texts never contain the token; log it only as Fingerprint(token).
+// invalid_grant). Error texts never contain the token; log it only as fingerprint.Of(token).
 package idtoken
 
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -143,12 +142,6 @@ type Token struct {
 	ClaimLists map[string][]string
 	// KeyID is the kid of the JWKS key that verified the signature.
 	KeyID string
-}
-
-// Fingerprint returns the hex SHA-256 of s: the form in which a token may be logged or audited.
-func Fingerprint(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
 }
 
 // Verifier verifies ID tokens against one GitLab instance. It is safe for concurrent use.

@@ -424,13 +424,6 @@ func TestConfig(t *testing.T) {
 	})
 }
 
-func TestFingerprint(t *testing.T) {
-	// SHA-256 of "abc".
-	if got := Fingerprint("abc"); got != "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
-		t.Fatalf("Fingerprint = %s", got)
-	}
-}
-
 func FuzzVerify(f *testing.F) {
 	clk := newClock()
 	k := newRSAKey(f, "kid-1")

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 	"gltoken.dev/gltoken/internal/ledger/ledgertest"
 )
@@ -52,7 +53,7 @@ func TestSurvivesReopen(t *testing.T) {
 	if err := s.CreateIntent(ctx, ledgertest.NewRecord("kept-active", t0, t0.Add(time.Minute))); err != nil {
 		t.Fatal(err)
 	}
-	sha := ledgertest.Fingerprint("gldt-kept")
+	sha := fingerprint.Of("gldt-kept")
 	if err := s.Activate(ctx, "kept-active", 9, "gitlab+deploy-token-9", sha, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +229,7 @@ func TestNoSecretStored(t *testing.T) {
 	} else if strings.Contains(err.Error(), secret) {
 		t.Fatalf("the error quotes the secret: %v", err)
 	}
-	if err := s.Activate(ctx, "n", 1, "u", ledgertest.Fingerprint(secret), now.Add(time.Hour)); err != nil {
+	if err := s.Activate(ctx, "n", 1, "u", fingerprint.Of(secret), now.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -250,7 +251,7 @@ func TestNoSecretStored(t *testing.T) {
 	if err := db.QueryRow("SELECT secret_sha256 FROM ledger_records WHERE id = 'n'").Scan(&sha); err != nil {
 		t.Fatal(err)
 	}
-	if sha != ledgertest.Fingerprint(secret) {
+	if sha != fingerprint.Of(secret) {
 		t.Errorf("stored %q, want the fingerprint", sha)
 	}
 }
@@ -329,7 +330,7 @@ func crashWriter() {
 		}
 		fmt.Println(id)
 		if i%2 == 0 {
-			if err := s.Activate(ctx, id, int64(i), "u", ledgertest.Fingerprint(id), now.Add(time.Hour)); err != nil {
+			if err := s.Activate(ctx, id, int64(i), "u", fingerprint.Of(id), now.Add(time.Hour)); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(2)
 			}

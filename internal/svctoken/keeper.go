@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -276,7 +277,7 @@ func (k *Keeper) Reload(ctx context.Context) error {
 		return nil
 	}
 	if tok != k.Token() {
-		k.log.InfoContext(ctx, "service token reloaded from its file", "file", k.cfg.File, "token_sha256", Fingerprint(tok))
+		k.log.InfoContext(ctx, "service token reloaded from its file", "file", k.cfg.File, "token_sha256", fingerprint.Of(tok))
 		k.secret.Store(&tok)
 	}
 	k.setStateLocked(stateOK, "")
@@ -317,7 +318,7 @@ func (k *Keeper) learnLocked(ctx context.Context) {
 		}
 		k.setStateLocked(stateLockedOut, "GitLab rejects the service token")
 		k.log.ErrorContext(ctx, "GitLab rejects the service token: minting fails until a valid token is installed (see the README: the service token's recovery)",
-			"file", k.cfg.File, "token_sha256", Fingerprint(k.Token()), "error", err.Error())
+			"file", k.cfg.File, "token_sha256", fingerprint.Of(k.Token()), "error", err.Error())
 		return
 	case err != nil:
 		k.log.WarnContext(ctx, "could not ask GitLab about the service token; asking again in a minute", "error", err.Error())
@@ -344,7 +345,7 @@ func (k *Keeper) dueLocked(now time.Time) bool {
 // rotateLocked rotates the token in force once.
 func (k *Keeper) rotateLocked(ctx context.Context) {
 	old := k.Token()
-	oldSHA := Fingerprint(old)
+	oldSHA := fingerprint.Of(old)
 	now := k.now()
 	log := k.log.With("file", k.cfg.File, "token_sha256", oldSHA, "token_id", k.info.ID)
 	if k.cfg.Store != nil {
@@ -444,7 +445,7 @@ func (k *Keeper) rotateLocked(ctx context.Context) {
 		k.setStateLocked(stateUnpersisted, "the rotated token is not on disk")
 		k.emit(EventUnpersisted)
 	}
-	log.InfoContext(ctx, "service token rotated", "new_token_sha256", Fingerprint(next), "new_token_id", info.ID,
+	log.InfoContext(ctx, "service token rotated", "new_token_sha256", fingerprint.Of(next), "new_token_id", info.ID,
 		"expires_at", info.ExpiresAt.Format(time.DateOnly), "persisted", persisted)
 	if k.cfg.Store != nil {
 		k.publish = &publication{old: old, next: next}
@@ -468,7 +469,7 @@ func (k *Keeper) publishLocked(ctx context.Context) {
 	}
 	sealed, err := seal(p.old, p.next)
 	if err == nil {
-		err = k.cfg.Store.CompleteRotation(ctx, Fingerprint(p.old), k.cfg.Holder, Fingerprint(p.next), sealed, k.now())
+		err = k.cfg.Store.CompleteRotation(ctx, fingerprint.Of(p.old), k.cfg.Holder, fingerprint.Of(p.next), sealed, k.now())
 	}
 	if err != nil {
 		k.emit(EventPublishError)
@@ -486,7 +487,7 @@ func (k *Keeper) adoptLocked(ctx context.Context) {
 	}
 	for range 32 { // a chain longer than this is a store gone wrong
 		cur := k.Token()
-		row, err := k.cfg.Store.GetRotation(ctx, Fingerprint(cur))
+		row, err := k.cfg.Store.GetRotation(ctx, fingerprint.Of(cur))
 		if errors.Is(err, ledger.ErrNotFound) {
 			return
 		}
@@ -498,7 +499,7 @@ func (k *Keeper) adoptLocked(ctx context.Context) {
 			return
 		}
 		next, err := unseal(cur, row.Sealed)
-		if err == nil && Fingerprint(next) != row.NewSHA256 {
+		if err == nil && fingerprint.Of(next) != row.NewSHA256 {
 			err = errors.New("the successor does not match its fingerprint")
 		}
 		if err != nil {
@@ -528,12 +529,12 @@ func (k *Keeper) adoptLocked(ctx context.Context) {
 // token still works: then the rotation did not happen and may be tried again.
 func (k *Keeper) probeLostLocked(ctx context.Context) {
 	old := k.lostOld
-	log := k.log.With("file", k.cfg.File, "token_sha256", Fingerprint(old))
+	log := k.log.With("file", k.cfg.File, "token_sha256", fingerprint.Of(old))
 	_, err := k.cfg.GitLab.SelfToken(ctx, old)
 	switch {
 	case err == nil:
 		if k.cfg.Store != nil {
-			if rerr := k.cfg.Store.ReleaseRotation(ctx, Fingerprint(old), k.cfg.Holder); rerr != nil {
+			if rerr := k.cfg.Store.ReleaseRotation(ctx, fingerprint.Of(old), k.cfg.Holder); rerr != nil {
 				log.WarnContext(ctx, "cannot release the rotation claim", "error", rerr.Error())
 				return
 			}

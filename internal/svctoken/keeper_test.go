@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitlab"
 	"gltoken.dev/gltoken/internal/gitlabfake"
 	"gltoken.dev/gltoken/internal/ledger"
@@ -148,7 +149,7 @@ func readFile(t *testing.T, p string) string {
 // active reports whether the stand-in accepts secret on the API.
 func (f *fixture) active(secret string) bool {
 	for _, st := range f.gl.Tokens() {
-		if st.SecretSHA256 == svctoken.Fingerprint(secret) {
+		if st.SecretSHA256 == fingerprint.Of(secret) {
 			return !st.Revoked && (st.ExpiresAt == nil || f.clock.Now().Before(*st.ExpiresAt))
 		}
 	}

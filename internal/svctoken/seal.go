@@ -6,9 +6,10 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 // Successors travel between replicas through the shared store, sealed with
@@ -18,12 +19,6 @@ import (
 // sealed successor cannot be moved to another rotation's row.
 
 const sealInfo = "gltoken service token rotation v1"
-
-// Fingerprint is the hex SHA-256 of a secret: what logs and the store carry.
-func Fingerprint(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
 
 func sealKey(old string) (cipher.AEAD, error) {
 	key, err := hkdf.Key(sha256.New, []byte(old), nil, sealInfo, 32)
@@ -47,7 +42,7 @@ func seal(old, next string) ([]byte, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("seal the new token: %w", err)
 	}
-	return aead.Seal(nonce, nonce, []byte(next), []byte(Fingerprint(old))), nil
+	return aead.Seal(nonce, nonce, []byte(next), []byte(fingerprint.Of(old))), nil
 }
 
 // unseal opens what seal made with the same old token.
@@ -60,7 +55,7 @@ func unseal(old string, sealed []byte) (string, error) {
 		return "", errors.New("open the new token: sealed value too short")
 	}
 	n := aead.NonceSize()
-	plain, err := aead.Open(nil, sealed[:n], sealed[n:], []byte(Fingerprint(old)))
+	plain, err := aead.Open(nil, sealed[:n], sealed[n:], []byte(fingerprint.Of(old)))
 	if err != nil {
 		return "", errors.New("open the new token: it was not sealed under this token")
 	}

@@ -7,8 +7,6 @@ package ledgertest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -19,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -121,12 +120,6 @@ func RunShared(t *testing.T, openPair func(t *testing.T) (ledger.Store, ledger.S
 	}
 }
 
-// Fingerprint returns the hex SHA-256 of secret, as the ledger stores it.
-func Fingerprint(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
-
 // NewRecord returns a Pending record with every field set, created at
 // created and due (its mint lease ending) at due.
 func NewRecord(id string, created, due time.Time) ledger.Record {
@@ -173,7 +166,7 @@ func mustGet(t *testing.T, s ledger.Store, id string) ledger.Record {
 
 func mustActivate(t *testing.T, s ledger.Store, id string, expires time.Time) string {
 	t.Helper()
-	sha := Fingerprint("gldt-secret-" + id)
+	sha := fingerprint.Of("gldt-secret-" + id)
 	if err := s.Activate(ctxFor(t), id, 4242, "gitlab+deploy-token-4242", sha, expires); err != nil {
 		t.Fatalf("Activate(%s): %v", id, err)
 	}
@@ -262,7 +255,7 @@ func testCreateGetRoundTrip(t *testing.T, s ledger.Store) {
 	full.GitLabID = 1 << 40
 	full.Owner = 1<<53 + 1 // not exact as a float64: the store keeps an integer
 	full.Username = "gitlab+deploy-token-99"
-	full.SecretSHA256 = Fingerprint("gldt-not-really")
+	full.SecretSHA256 = fingerprint.Of("gldt-not-really")
 	full.Attempts = 3
 	full.LastError = "GitLab said 503 — try again: ünïcode ok"
 	full.RevokedAt = t0.Add(3 * time.Hour)
@@ -351,7 +344,7 @@ func testCreateIntentRefusesBadInput(t *testing.T, s ledger.Store) {
 		{"zero created", func(r *ledger.Record) { r.CreatedAt = time.Time{} }},
 		{"zero next attempt", func(r *ledger.Record) { r.NextAttemptAt = time.Time{} }},
 		{"raw secret as fingerprint", func(r *ledger.Record) { r.SecretSHA256 = "gldt-abcdefghijklmnopqrst" }},
-		{"short fingerprint", func(r *ledger.Record) { r.SecretSHA256 = Fingerprint("x")[:40] }},
+		{"short fingerprint", func(r *ledger.Record) { r.SecretSHA256 = fingerprint.Of("x")[:40] }},
 		{"negative attempts", func(r *ledger.Record) { r.Attempts = -1 }},
 		{"sealed secret", func(r *ledger.Record) { r.SecretKeyID, r.SealedSecret = "k1", []byte("sealed") }},
 		{"sealed secret without key id", func(r *ledger.Record) { r.SealedSecret = []byte("sealed") }},
@@ -373,10 +366,10 @@ func testCreateIntentRefusesBadInput(t *testing.T, s ledger.Store) {
 	}
 	// An upper-case fingerprint is accepted and kept lower-case.
 	r := NewRecord("upper-sha", t0, t0)
-	r.SecretSHA256 = strings.ToUpper(Fingerprint("y"))
+	r.SecretSHA256 = strings.ToUpper(fingerprint.Of("y"))
 	mustCreate(t, s, r)
-	if got := mustGet(t, s, r.ID).SecretSHA256; got != Fingerprint("y") {
-		t.Errorf("SecretSHA256 = %q, want %q", got, Fingerprint("y"))
+	if got := mustGet(t, s, r.ID).SecretSHA256; got != fingerprint.Of("y") {
+		t.Errorf("SecretSHA256 = %q, want %q", got, fingerprint.Of("y"))
 	}
 }
 
@@ -411,7 +404,7 @@ func testActivate(t *testing.T, s ledger.Store) {
 	r.Attempts, r.LastError = 1, "an earlier reconcile failed"
 	mustCreate(t, s, r)
 	expires := t0.Add(45 * time.Minute)
-	sha := Fingerprint("gldt-act")
+	sha := fingerprint.Of("gldt-act")
 	if err := s.Activate(ctxFor(t), "act", 777, "gitlab+deploy-token-777", strings.ToUpper(sha), expires); err != nil {
 		t.Fatalf("Activate: %v", err)
 	}
@@ -428,7 +421,7 @@ func testActivate(t *testing.T, s ledger.Store) {
 func testActivateOnlyFromPending(t *testing.T, s ledger.Store) {
 	ctx := ctxFor(t)
 	exp := t0.Add(time.Hour)
-	sha := Fingerprint("z")
+	sha := fingerprint.Of("z")
 	if err := s.Activate(ctx, "unknown", 1, "u", sha, exp); !errors.Is(err, ledger.ErrNotFound) {
 		t.Errorf("Activate unknown: err = %v, want ErrNotFound", err)
 	}
@@ -436,7 +429,7 @@ func testActivateOnlyFromPending(t *testing.T, s ledger.Store) {
 	mustCreate(t, s, NewRecord("twice", t0, t0))
 	mustActivate(t, s, "twice", exp)
 	before := mustGet(t, s, "twice")
-	if err := s.Activate(ctx, "twice", 2, "other", Fingerprint("other"), exp.Add(time.Hour)); !errors.Is(err, ledger.ErrConflict) {
+	if err := s.Activate(ctx, "twice", 2, "other", fingerprint.Of("other"), exp.Add(time.Hour)); !errors.Is(err, ledger.ErrConflict) {
 		t.Errorf("second Activate: err = %v, want ErrConflict", err)
 	}
 	checkRecord(t, mustGet(t, s, "twice"), before)
@@ -474,9 +467,9 @@ func testActivateRefusesBadInput(t *testing.T, s ledger.Store) {
 	}{
 		{"raw secret", "gldt-0123456789abcdefghij", t0.Add(time.Hour)},
 		{"not hex", strings.Repeat("g", 64), t0.Add(time.Hour)},
-		{"too long", Fingerprint("a") + "00", t0.Add(time.Hour)},
+		{"too long", fingerprint.Of("a") + "00", t0.Add(time.Hour)},
 		{"empty fingerprint", "", t0.Add(time.Hour)},
-		{"zero expiry", Fingerprint("a"), time.Time{}},
+		{"zero expiry", fingerprint.Of("a"), time.Time{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -855,7 +848,7 @@ func testFindBySecret(t *testing.T, s ledger.Store) {
 	if r, err := s.FindBySecret(ctx, shaA); err != nil || r.ID != "fs-a" || r.State != ledger.Revoked {
 		t.Errorf("FindBySecret after revocation = %s %s, %v", r.ID, r.State, err)
 	}
-	for _, sha := range []string{"", Fingerprint("unknown"), "not-a-fingerprint"} {
+	for _, sha := range []string{"", fingerprint.Of("unknown"), "not-a-fingerprint"} {
 		if _, err := s.FindBySecret(ctx, sha); !errors.Is(err, ledger.ErrNotFound) {
 			t.Errorf("FindBySecret(%q): err = %v, want ErrNotFound", sha, err)
 		}
@@ -1097,7 +1090,7 @@ func testConcurrentActivateAbandon(t *testing.T, a, b ledger.Store) {
 		var actErr, abErr error
 		var wg sync.WaitGroup
 		wg.Go(func() {
-			actErr = a.Activate(context.Background(), id, 1, "u", Fingerprint(id), t0.Add(time.Hour))
+			actErr = a.Activate(context.Background(), id, 1, "u", fingerprint.Of(id), t0.Add(time.Hour))
 		})
 		wg.Go(func() { abErr = b.Abandon(context.Background(), id, "reconciled: nothing there") })
 		wg.Wait()
@@ -1140,7 +1133,7 @@ func testPingClose(t *testing.T, s ledger.Store) {
 // intent, then activate it.
 func BenchCreateActivate(b *testing.B, s ledger.Store) {
 	ctx := context.Background()
-	sha := Fingerprint("bench")
+	sha := fingerprint.Of("bench")
 	exp := t0.Add(time.Hour)
 	b.ReportAllocs()
 	i := 0
@@ -1166,7 +1159,7 @@ func BenchClaimDue(b *testing.B, s ledger.Store) {
 		if err := s.CreateIntent(ctx, NewRecord(id, t0, t0)); err != nil {
 			b.Fatal(err)
 		}
-		if err := s.Activate(ctx, id, int64(i), "u", Fingerprint(id), t0.Add(time.Duration(i)*time.Millisecond)); err != nil {
+		if err := s.Activate(ctx, id, int64(i), "u", fingerprint.Of(id), t0.Add(time.Duration(i)*time.Millisecond)); err != nil {
 			b.Fatal(err)
 		}
 	}

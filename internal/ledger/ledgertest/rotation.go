@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -37,7 +38,7 @@ func RunRotations(t *testing.T, openPair func(t *testing.T) (ledger.RotationStor
 
 func testRotationClaimCompleteGet(t *testing.T, s, _ ledger.RotationStore) {
 	ctx := t.Context()
-	old, next := Fingerprint("glpat-old"), Fingerprint("glpat-new")
+	old, next := fingerprint.Of("glpat-old"), fingerprint.Of("glpat-new")
 	if _, err := s.GetRotation(ctx, old); !errors.Is(err, ledger.ErrNotFound) {
 		t.Fatalf("GetRotation of nothing: %v, want ErrNotFound", err)
 	}
@@ -61,7 +62,7 @@ func testRotationClaimCompleteGet(t *testing.T, s, _ ledger.RotationStore) {
 	if err := s.CompleteRotation(ctx, old, "replica-a", next, sealed, done.Add(time.Second)); err != nil {
 		t.Fatalf("complete again: %v", err)
 	}
-	if err := s.CompleteRotation(ctx, old, "replica-a", Fingerprint("glpat-other"), sealed, done); !errors.Is(err, ledger.ErrConflict) {
+	if err := s.CompleteRotation(ctx, old, "replica-a", fingerprint.Of("glpat-other"), sealed, done); !errors.Is(err, ledger.ErrConflict) {
 		t.Fatalf("complete with another successor: %v, want ErrConflict", err)
 	}
 	got, err := s.GetRotation(ctx, old)
@@ -75,14 +76,14 @@ func testRotationClaimCompleteGet(t *testing.T, s, _ ledger.RotationStore) {
 	if r, won, err := s.ClaimRotation(ctx, old, "replica-b", done.Add(time.Hour), done.Add(time.Hour)); err != nil || won || !r.Done() {
 		t.Fatalf("claim of a done rotation: won=%v err=%v row=%+v", won, err, r)
 	}
-	if err := s.CompleteRotation(ctx, Fingerprint("glpat-unknown"), "replica-a", next, sealed, done); !errors.Is(err, ledger.ErrNotFound) {
+	if err := s.CompleteRotation(ctx, fingerprint.Of("glpat-unknown"), "replica-a", next, sealed, done); !errors.Is(err, ledger.ErrNotFound) {
 		t.Fatalf("complete unknown: %v, want ErrNotFound", err)
 	}
 }
 
 func testRotationClaimIsExclusive(t *testing.T, a, b ledger.RotationStore) {
 	ctx := t.Context()
-	old := Fingerprint("glpat-x")
+	old := fingerprint.Of("glpat-x")
 	if _, won, err := a.ClaimRotation(ctx, old, "replica-a", t0, time.Time{}); err != nil || !won {
 		t.Fatalf("a: won=%v err=%v", won, err)
 	}
@@ -94,14 +95,14 @@ func testRotationClaimIsExclusive(t *testing.T, a, b ledger.RotationStore) {
 	if _, won, err := b.ClaimRotation(ctx, old, "replica-b", t0.Add(time.Minute), t0.Add(-time.Minute)); err != nil || won {
 		t.Fatalf("b taking over a fresh claim: won=%v err=%v", won, err)
 	}
-	if err := b.CompleteRotation(ctx, old, "replica-b", Fingerprint("glpat-y"), []byte{1}, t0); !errors.Is(err, ledger.ErrConflict) {
+	if err := b.CompleteRotation(ctx, old, "replica-b", fingerprint.Of("glpat-y"), []byte{1}, t0); !errors.Is(err, ledger.ErrConflict) {
 		t.Fatalf("completing another's claim: %v, want ErrConflict", err)
 	}
 }
 
 func testRotationStaleTakeOver(t *testing.T, a, b ledger.RotationStore) {
 	ctx := t.Context()
-	old := Fingerprint("glpat-stale")
+	old := fingerprint.Of("glpat-stale")
 	if _, won, err := a.ClaimRotation(ctx, old, "replica-a", t0, time.Time{}); err != nil || !won {
 		t.Fatalf("a: won=%v err=%v", won, err)
 	}
@@ -111,7 +112,7 @@ func testRotationStaleTakeOver(t *testing.T, a, b ledger.RotationStore) {
 		t.Fatalf("take-over: won=%v err=%v row=%+v", won, err, r)
 	}
 	// The old holder lost it.
-	if err := a.CompleteRotation(ctx, old, "replica-a", Fingerprint("glpat-late"), []byte{1}, later); !errors.Is(err, ledger.ErrConflict) {
+	if err := a.CompleteRotation(ctx, old, "replica-a", fingerprint.Of("glpat-late"), []byte{1}, later); !errors.Is(err, ledger.ErrConflict) {
 		t.Fatalf("old holder completing: %v, want ErrConflict", err)
 	}
 	if _, won, err := a.ClaimRotation(ctx, old, "replica-a", later, time.Time{}); err != nil || won {
@@ -121,7 +122,7 @@ func testRotationStaleTakeOver(t *testing.T, a, b ledger.RotationStore) {
 
 func testRotationRelease(t *testing.T, a, b ledger.RotationStore) {
 	ctx := t.Context()
-	old := Fingerprint("glpat-rel")
+	old := fingerprint.Of("glpat-rel")
 	if _, won, err := a.ClaimRotation(ctx, old, "replica-a", t0, time.Time{}); err != nil || !won {
 		t.Fatalf("a: won=%v err=%v", won, err)
 	}
@@ -139,7 +140,7 @@ func testRotationRelease(t *testing.T, a, b ledger.RotationStore) {
 		t.Fatalf("claim after release: won=%v err=%v", won, err)
 	}
 	// A done rotation is never released.
-	if err := b.CompleteRotation(ctx, old, "replica-b", Fingerprint("glpat-rel2"), []byte{9}, t0); err != nil {
+	if err := b.CompleteRotation(ctx, old, "replica-b", fingerprint.Of("glpat-rel2"), []byte{9}, t0); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.ReleaseRotation(ctx, old, "replica-b"); err != nil {
@@ -152,7 +153,7 @@ func testRotationRelease(t *testing.T, a, b ledger.RotationStore) {
 
 func testRotationRefusesBadInput(t *testing.T, s, _ ledger.RotationStore) {
 	ctx := t.Context()
-	old := Fingerprint("glpat-bad")
+	old := fingerprint.Of("glpat-bad")
 	raw := "glpat-this-is-a-raw-token-not-a-fingerprint-000000000000000000000"
 	cases := []struct {
 		name string
@@ -164,11 +165,11 @@ func testRotationRefusesBadInput(t *testing.T, s, _ ledger.RotationStore) {
 		{"zero claim time", func() error { _, _, err := s.ClaimRotation(ctx, old, "h", time.Time{}, time.Time{}); return err }},
 		{"raw successor", func() error { return s.CompleteRotation(ctx, old, "h", raw, []byte{1}, t0) }},
 		{"successor equal to old", func() error { return s.CompleteRotation(ctx, old, "h", old, []byte{1}, t0) }},
-		{"nothing sealed", func() error { return s.CompleteRotation(ctx, old, "h", Fingerprint("n"), nil, t0) }},
+		{"nothing sealed", func() error { return s.CompleteRotation(ctx, old, "h", fingerprint.Of("n"), nil, t0) }},
 		{"sealed too long", func() error {
-			return s.CompleteRotation(ctx, old, "h", Fingerprint("n"), make([]byte, ledger.MaxSealedLen+1), t0)
+			return s.CompleteRotation(ctx, old, "h", fingerprint.Of("n"), make([]byte, ledger.MaxSealedLen+1), t0)
 		}},
-		{"zero completion time", func() error { return s.CompleteRotation(ctx, old, "h", Fingerprint("n"), []byte{1}, time.Time{}) }},
+		{"zero completion time", func() error { return s.CompleteRotation(ctx, old, "h", fingerprint.Of("n"), []byte{1}, time.Time{}) }},
 		{"bad get key", func() error { _, err := s.GetRotation(ctx, "xyz"); return err }},
 	}
 	if _, won, err := s.ClaimRotation(ctx, old, "h", t0, time.Time{}); err != nil || !won {
@@ -188,7 +189,7 @@ func testRotationRefusesBadInput(t *testing.T, s, _ ledger.RotationStore) {
 
 func testRotationConcurrentClaims(t *testing.T, a, b ledger.RotationStore) {
 	ctx := t.Context()
-	old := Fingerprint("glpat-race")
+	old := fingerprint.Of("glpat-race")
 	const n = 16
 	var (
 		wg   sync.WaitGroup
