@@ -750,6 +750,8 @@ func (s *Server) handleCreateAccessToken(w http.ResponseWriter, r *http.Request,
 		prefix = "group"
 	}
 	bot := s.addUserLocked(fmt.Sprintf("%s_%d_bot_%s", prefix, src.id(), randomHex(16)), true)
+	s.stats.BotUsers++
+	s.stats.AccessTokenCreates++
 	s.setMemberLocked(src.key(), bot.ID, level)
 
 	secret := newSecret("glpat-")
@@ -867,6 +869,9 @@ func (s *Server) rotateLocked(t *token, expiresAt *time.Time) (string, *token, s
 		return "", nil, "Expires at must be before " + maxDate.Format("2006-01-02")
 	}
 	t.Revoked = true
+	if t.Kind != KindPersonal {
+		s.stats.AccessTokenRotates++
+	}
 	secret := newSecret("glpat-")
 	s.nextPATID++
 	nt := &token{TokenState: TokenState{

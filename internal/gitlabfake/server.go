@@ -110,6 +110,8 @@ type Server struct {
 
 	requests []Request
 
+	stats TokenStats
+
 	nextAppID        int64
 	oauthApps        map[string]*OAuthApplication // by client id
 	browserUser      *User

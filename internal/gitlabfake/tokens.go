@@ -133,6 +133,35 @@ func (s *Server) CreatePersonalAccessToken(u *User, name string, scopes []string
 	return secret
 }
 
+// TokenStats counts what the stand-in did with project and group access
+// tokens, for tests that bound GitLab's work.
+type TokenStats struct {
+	AccessTokenCreates int // POST /:kind/:id/access_tokens that made a token
+	AccessTokenRotates int // successful rotations of access tokens (by id or self)
+	BotUsers           int // bot users made for access tokens (one per create)
+}
+
+// Stats returns the access-token counters.
+func (s *Server) Stats() TokenStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// BotUsersOf counts the distinct bot users of the access tokens on the
+// project or group at ownerPath, revoked ones included.
+func (s *Server) BotUsersOf(ownerPath string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[int64]bool{}
+	for _, t := range s.tokens {
+		if (t.Kind == KindProjectAccess || t.Kind == KindGroupAccess) && t.OwnerPath == ownerPath {
+			seen[t.UserID] = true
+		}
+	}
+	return len(seen)
+}
+
 // Tokens returns the state of every token ever issued, in creation order.
 func (s *Server) Tokens() []TokenState {
 	s.mu.Lock()
