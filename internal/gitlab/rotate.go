@@ -9,6 +9,7 @@ import (
 	gl "gitlab.com/gitlab-org/api/client-go"
 
 	"gltoken.dev/gltoken/internal/exchange"
+	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -90,6 +91,6 @@ func (c *Client) Rotate(ctx context.Context, ref exchange.TokenRef, expiresAt ti
 	}
 	c.log.DebugContext(ctx, "gitlab token rotated", "kind", string(ref.Kind), "owner_id", ref.Owner,
 		"rotated_from", ref.GitLabID, "gitlab_id", cred.GitLabID, "username", cred.Username,
-		"secret_sha256", fingerprint(cred.Secret))
+		"secret_sha256", fingerprint.Of(cred.Secret))
 	return cred, nil
 }
