@@ -11,7 +11,8 @@ GOTEST_FLAGS ?=
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi; \
+	awk -v c="$$c" -v r="$$r" -v prefix='$(PREFIX)' 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {gsub(/\$$\(PREFIX\)/, prefix, $$2); printf "  %s%-10s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build exchanged and git-credential-gltoken (plus the docker-credential-gltoken link) into bin/
@@ -20,9 +21,10 @@ build: ## Build exchanged and git-credential-gltoken (plus the docker-credential
 	@ln -sf git-credential-gltoken $(BIN)/docker-credential-gltoken
 
 .PHONY: test
-test: ## Run go vet and every test under the race detector
+test: ## Run go vet and every test under the race detector; the last line lists what was skipped
 	$(GO) vet ./...
-	$(GO) test -race -count=1 $(GOTEST_FLAGS) ./...
+	@$(GO) build -o $(BIN)/testsummary ./internal/cmd/testsummary
+	set -o pipefail; $(GO) test -race -count=1 -json $(GOTEST_FLAGS) ./... | $(BIN)/testsummary
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck

@@ -33,7 +33,7 @@ type Config struct {
 	Store      Store    `yaml:"store"`
 	MaxTTL     Duration `yaml:"max_ttl"`
 
-	// Extensions to DESIGN.md's contract, all optional.
+	// Extensions, all optional (see contrib/exchanged.yaml).
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error (default info)
 	ReaperInterval Duration `yaml:"reaper_interval"` // default 10s
 	// SweepInterval: how often the owners minted on are listed for tokens

@@ -163,7 +163,7 @@ func describe(n *yaml.Node) string {
 	return strconv.Quote(n.Value)
 }
 
-var goTypeRE = regexp.MustCompile("cannot unmarshal|into [a-z]|config\\.")
+var goTypeRE = regexp.MustCompile(`cannot unmarshal|into [a-z]|config\.`)
 
 // valueProblem turns a decode error into a sentence without Go type names.
 func valueProblem(err error, n *yaml.Node, t reflect.Type) string {

@@ -687,7 +687,7 @@ func TestMain(m *testing.M) {
 }
 
 // TestRealGit has the installed git call the helper through its own
-// credential machinery: the configuration of DESIGN.md, `git credential fill`
+// credential machinery: the configuration the README shows, `git credential fill`
 // and `git credential reject` (what git does on a 401).
 func TestRealGit(t *testing.T) {
 	if _, err := exec.LookPath("git"); err != nil {

@@ -1,7 +1,7 @@
 // Package policy provides gltoken's trust policy: which GitLab CI/CD jobs,
 // identified by the claims of their verified ID token, may obtain which access
-// to which repositories. Load (or Parse) reads the YAML policy of DESIGN.md and
-// rejects, with every problem and its line, anything ambiguous; Evaluate
+// to which repositories. Load (or Parse) reads the YAML policy that contrib/policy.yaml
+// documents and rejects, with every problem and its line, anything ambiguous; Evaluate
 // decides a Request deterministically, deny by default, and explains itself.
 //
 // Matching rules:
