@@ -168,7 +168,7 @@ func TestEvaluateMatrix(t *testing.T) {
 		{"malicious ref ?", claims("project_path", "tools/app", "ref", "s?cret"), "tools/secret", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"malicious ref backslash", claims("project_path", "tools/app", "ref", `\s`), "tools/s", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"malicious ref with comma", claims("project_path", "tools/app", "ref", "a,secret"), "tools/secret", []string{"read_repository"}, false, "", "", "not listed", ""},
-		{"benign ref with slash", claims("project_path", "tools/app", "ref", "release/v1"), "tools/release/v1", []string{"read_repository"}, true, "ref-exact", "", "", ""},
+		{"ref with slash is one segment", claims("project_path", "tools/app", "ref", "release/v1"), "tools/release/v1", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"benign ref exact", claims("project_path", "tools/app", "ref", "lib"), "tools/lib", []string{"read_repository"}, true, "ref-exact", "", "", ""},
 		{"empty environment does not widen", claims("project_path", "tools/app", "ref", "-", "environment", ""), "tools/-cfg", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"missing claim in template matches nothing", claims("project_path", "tools/app", "ref", "-"), "tools/main", []string{"read_repository"}, false, "", "", "not listed", ""},
@@ -393,4 +393,40 @@ func ExamplePolicy_Evaluate() {
 	})
 	fmt.Println(d.Allowed, d.Reason)
 	// Output: false no rule matches this job's ID token (closest: rule "app-reads-libs": match.ref_protected: "false" does not match "true")
+}
+
+// TestTemplateOfNonPathClaimIsOneSegment: a {{claim}} of a claim that is not a
+// GitLab path (ref, environment, user_login, …) stands for one path segment.
+// A branch "team-b/x" must not reach platform/team-b/x-cfg through
+// "platform/{{ref}}-cfg"; path claims (project_path, namespace_path,
+// job_*_path) keep matching as the paths they are.
+func TestTemplateOfNonPathClaimIsOneSegment(t *testing.T) {
+	pol := mustParse(t, `rules:
+  - name: cfg
+    match: {namespace_path: "**"}
+    allow:
+      projects: ["platform/{{ref}}-cfg", "envs/{{environment}}", "users/{{user_login}}/x", "{{namespace_path}}/tools", "{{project_path}}-cfg"]
+      groups: ["bundles/{{ref}}"]
+      scopes: [read_repository]
+`)
+	for _, tc := range []struct {
+		name, project string
+		claims        map[string]string
+		allowed       bool
+	}{
+		{"one-segment ref", "platform/x-cfg", claims("ref", "x"), true},
+		{"ref spanning segments", "platform/team-b/x-cfg", claims("ref", "team-b/x"), false},
+		{"ref spanning into a group", "bundles/team-b/x/lib", claims("ref", "team-b/x"), false},
+		{"one-segment ref into a group", "bundles/x/lib", claims("ref", "x"), true},
+		{"environment spanning segments", "envs/review/app", claims("environment", "review/app"), false},
+		{"one-segment environment", "envs/production", claims("environment", "production"), true},
+		{"user_login spanning segments", "users/a/b/x", claims("user_login", "a/b"), false},
+		{"namespace_path is a path", "teams/red/tools", claims("namespace_path", "teams/red"), true},
+		{"project_path is a path", "platform/app-cfg", claims(), true},
+	} {
+		d := pol.Evaluate(Request{Claims: tc.claims, Project: tc.project, Scopes: []string{"read_repository"}})
+		if d.Allowed != tc.allowed {
+			t.Errorf("%s: %s allowed = %v, want %v (%s)", tc.name, tc.project, d.Allowed, tc.allowed, d.Reason)
+		}
+	}
 }

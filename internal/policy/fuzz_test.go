@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -72,6 +73,9 @@ func FuzzTemplateLiteral(f *testing.F) {
 		}
 		if ref == "" {
 			t.Fatalf("empty ref allowed %q", project)
+		}
+		if strings.Contains(ref, "/") {
+			t.Fatalf("ref %q spans path segments: allowed %q", ref, project)
 		}
 		if project != "tools/"+ref && (len(project) <= len("grp/"+ref) || project[:len("grp/"+ref)+1] != "grp/"+ref+"/") {
 			t.Fatalf("ref %q allowed project %q", ref, project)

@@ -570,7 +570,7 @@ func TestParseTemplate(t *testing.T) {
 		{"{a,b}/[xy]-{{ref}}", []part{{lit: "{a,b}/[xy]-"}, {claim: "ref"}}, ""},
 		{`a\[/{{ref}}`, []part{{lit: `a\[/`}, {claim: "ref"}}, ""},
 		{"[!}]/{{ref}}", []part{{lit: "[!}]/"}, {claim: "ref"}}, ""},
-		{"{{namespace_path}}/{{ref}}", []part{{claim: "namespace_path"}, {lit: "/"}, {claim: "ref"}}, ""},
+		{"{{namespace_path}}/{{ref}}", []part{{claim: "namespace_path", path: true}, {lit: "/"}, {claim: "ref"}}, ""},
 		{"{a,{{ref}}}", nil, "inside"},
 		{"[{{ref}}]", nil, "inside"},
 		{"{{nope}}", nil, "unknown claim"},

@@ -34,6 +34,7 @@ func escapeGlob(s string) string {
 type part struct {
 	lit   string
 	claim string
+	path  bool // the claim is a GitLab path: its value may span segments
 }
 
 // target is an allow.projects or allow.groups entry.
@@ -44,7 +45,12 @@ type target struct {
 
 // expand returns the glob for the given claims. It reports false when a
 // templated claim is missing or empty: such a pattern matches nothing (an
-// empty value must not turn "{{environment}}*" into "*").
+// empty value must not turn "{{environment}}*" into "*"). It also reports
+// false when a claim that is not a GitLab path (ref, environment,
+// user_login, …) holds a '/': such a template stands for one path segment, so
+// a branch "team-b/x" never turns "platform/{{ref}}-cfg" into
+// "platform/team-b/x-cfg". Path claims (project_path, namespace_path and
+// their job_* twins) expand to the whole path.
 func (t *target) expand(claims map[string]string) (string, bool) {
 	if t.parts == nil {
 		return t.raw, true
@@ -57,7 +63,7 @@ func (t *target) expand(claims map[string]string) (string, bool) {
 			continue
 		}
 		v := claims[p.claim]
-		if v == "" {
+		if v == "" || !p.path && strings.IndexByte(v, '/') >= 0 {
 			return "", false
 		}
 		b.WriteString(escapeGlob(v))
@@ -97,10 +103,11 @@ func parseTemplate(s string) ([]part, error) {
 			return nil, fmt.Errorf("unclosed template: %q has no }}", s)
 		}
 		name := strings.TrimSpace(rest[:j])
-		if _, ok := claimSchema[name]; !ok {
+		spec, ok := claimSchema[name]
+		if !ok {
 			return nil, fmt.Errorf("unknown claim %q in template", name)
 		}
-		parts = append(parts, part{claim: name})
+		parts = append(parts, part{claim: name, path: spec.kind == kindPath})
 		rest = rest[j+2:]
 	}
 }

@@ -17,7 +17,10 @@
 //     canonical case.
 //   - "{{claim}}" in allow.projects/allow.groups is replaced by the claim's
 //     value with every glob metacharacter escaped: a claim never acts as glob
-//     syntax. A missing or empty claim makes the pattern match nothing.
+//     syntax. A missing or empty claim makes the pattern match nothing. A
+//     claim that is not a path (ref, environment, user_login, …) stands for
+//     one path segment: a value with '/' makes the pattern match nothing.
+//     Path claims (project_path, namespace_path, job_*_path) insert a path.
 //   - A claim named in match that the token lacks never matches.
 //   - allow.groups is checked before allow.projects: a project anywhere below
 //     a listed group (never the group path itself) is allowed and
