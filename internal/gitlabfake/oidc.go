@@ -166,10 +166,18 @@ func (s *Server) handleDiscovery(w http.ResponseWriter, _ *http.Request, _ param
 
 // Job describes a CI/CD job for IssueIDToken. Zero values get defaults.
 type Job struct {
-	Project              *Project // default: an unregistered "group/project" (id 1000)
-	User                 *User    // the pipeline's user; default: a user "ci-user" (created on demand)
-	Ref                  string   // default "main"
-	RefType              string   // "branch" (default) or "tag"
+	Project *Project // the project the pipeline runs in; default: an unregistered "group/project" (id 1000)
+	// SourceProject makes the job one of a merge-request pipeline from a fork:
+	// the merge request comes from SourceProject (the fork) and the pipeline
+	// runs in Project (the parent). As in Gitlab::Ci::Jwt, project_*,
+	// namespace_*, user_access_level and sub then name the fork, job_project_*
+	// and job_namespace_* the parent; ref and ref_path are the fork's source
+	// branch; ci_config_ref_uri is the parent's CI file at that branch;
+	// pipeline_source defaults to merge_request_event.
+	SourceProject        *Project
+	User                 *User  // the pipeline's user; default: a user "ci-user" (created on demand)
+	Ref                  string // default "main"
+	RefType              string // "branch" (default) or "tag"
 	RefProtected         bool
 	Environment          string // "" = the job has no environment (no environment claims)
 	EnvironmentProtected bool
@@ -232,7 +240,16 @@ func (s *Server) idTokenClaims(job Job) map[string]any {
 	if refType == "tag" {
 		refPath = "refs/tags/" + ref
 	}
+	// src is GitLab's source_project: the fork for a merge request from a
+	// fork, else the project itself.
+	src := p
 	source := job.PipelineSource
+	if job.SourceProject != nil {
+		src = job.SourceProject
+		if source == "" {
+			source = "merge_request_event"
+		}
+	}
 	if source == "" {
 		source = "push"
 	}
@@ -256,8 +273,8 @@ func (s *Server) idTokenClaims(job Job) map[string]any {
 	s.jobSeq++
 	seq := s.jobSeq
 	level := NoAccess
-	if reg := s.projects[p.ID]; reg == p {
-		level = s.projectAccessLocked(u, p)
+	if reg := s.projects[src.ID]; reg == src {
+		level = s.projectAccessLocked(u, src)
 	}
 	visibility := visibilityOr(p.Visibility)
 	s.mu.Unlock()
@@ -271,7 +288,7 @@ func (s *Server) idTokenClaims(job Job) map[string]any {
 	}
 	sha := job.SHA
 	if sha == "" {
-		sha = s.refSHA(p, refPath)
+		sha = s.refSHA(src, refPath)
 	}
 	host := s.url
 	if pu, err := url.Parse(s.url); err == nil {
@@ -282,10 +299,10 @@ func (s *Server) idTokenClaims(job Job) map[string]any {
 		accessLevel = name
 	}
 	c := map[string]any{
-		"namespace_id":       strconv.FormatInt(p.NamespaceID, 10),
-		"namespace_path":     p.NamespacePath,
-		"project_id":         strconv.FormatInt(p.ID, 10),
-		"project_path":       p.PathWithNamespace,
+		"namespace_id":       strconv.FormatInt(src.NamespaceID, 10),
+		"namespace_path":     src.NamespacePath,
+		"project_id":         strconv.FormatInt(src.ID, 10),
+		"project_path":       src.PathWithNamespace,
 		"user_id":            strconv.FormatInt(u.ID, 10),
 		"user_login":         u.Username,
 		"user_email":         u.Email,
@@ -312,7 +329,7 @@ func (s *Server) idTokenClaims(job Job) map[string]any {
 		"iat":                iat.Unix(),
 		"nbf":                iat.Unix() - 5,
 		"exp":                iat.Add(timeout).Unix(),
-		"sub":                "project_path:" + p.PathWithNamespace + ":ref_type:" + refType + ":ref:" + ref,
+		"sub":                "project_path:" + src.PathWithNamespace + ":ref_type:" + refType + ":ref:" + ref,
 	}
 	if job.Environment != "" {
 		tier := job.DeploymentTier

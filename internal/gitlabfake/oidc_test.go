@@ -121,6 +121,49 @@ func TestIDTokenClaimsAreGitLabs(t *testing.T) {
 	}
 }
 
+// TestIDTokenOfForkMergeRequest: a job of a merge-request pipeline from the
+// fork contrib/app into platform/app carries the claims Gitlab::Ci::Jwt gives
+// it: project_*, namespace_*, user_access_level and sub from the merge
+// request's source project (the fork), job_project_* and job_namespace_* from
+// the project the pipeline runs in, ci_config_ref_uri naming the parent's CI
+// file at the fork's branch, pipeline_source merge_request_event.
+func TestIDTokenOfForkMergeRequest(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	fork := f.s.AddProject("contrib/app")
+	mallory := f.s.AddUser("mallory")
+	f.s.AddMember(mallory, "contrib/app", Maintainer)
+	tok := f.s.IssueIDToken(Job{Project: f.project, SourceProject: fork, User: mallory, Ref: "fix-typo", Audience: []string{"x"}})
+	claims, err := verify(t, f.s, tok, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(strings.TrimPrefix(f.s.URL(), "http://"), "https://")
+	host, _, _ = strings.Cut(host, ":")
+	want := map[string]string{
+		"project_id":         fmt.Sprint(fork.ID),
+		"project_path":       "contrib/app",
+		"namespace_id":       fmt.Sprint(fork.NamespaceID),
+		"namespace_path":     "contrib",
+		"job_project_id":     fmt.Sprint(f.project.ID),
+		"job_project_path":   "platform/app",
+		"job_namespace_id":   fmt.Sprint(f.project.NamespaceID),
+		"job_namespace_path": "platform",
+		"user_login":         "mallory",
+		"user_access_level":  "maintainer", // the user's role in the fork
+		"pipeline_source":    "merge_request_event",
+		"ref":                "fix-typo",
+		"ref_path":           "refs/heads/fix-typo",
+		"sub":                "project_path:contrib/app:ref_type:branch:ref:fix-typo",
+		"ci_config_ref_uri":  host + "/platform/app//.gitlab-ci.yml@refs/heads/fix-typo",
+	}
+	for k, w := range want {
+		if got, _ := claims[k].(string); got != w {
+			t.Errorf("claim %s = %#v, want %q", k, claims[k], w)
+		}
+	}
+}
+
 func decodeHeader(t *testing.T, tok string) map[string]any {
 	t.Helper()
 	p, err := jwt.NewParser().DecodeSegment(strings.Split(tok, ".")[0])

@@ -365,7 +365,7 @@ func (p *parser) parseRules(n *yaml.Node) []*rule {
 	return rules
 }
 
-var ruleKeys = []string{"name", "match", "allow", "reuse"}
+var ruleKeys = []string{"name", "match", "allow", "reuse", AllowForkMergeRequestsKey}
 var allowKeys = []string{"projects", "groups", "scopes", "ttl", "access_level", AcknowledgeAPIMaintainerKey}
 
 // AcknowledgeAPIMaintainerKey is the allow key a rule must set to true to grant
@@ -374,6 +374,25 @@ var allowKeys = []string{"projects", "groups", "scopes", "ttl", "access_level", 
 // which may outlive it (a deploy token can be made to never expire): that is
 // a deliberate choice, never a default.
 const AcknowledgeAPIMaintainerKey = "acknowledge_api_maintainer"
+
+// AllowForkMergeRequestsKey is the rule key that, set to true, lets the rule
+// serve jobs of merge-request pipelines from forks (see the package comment).
+// Without it such a job is refused whatever its claims match: it runs code
+// that someone outside the project wrote.
+const AllowForkMergeRequestsKey = "allow_fork_merge_requests"
+
+// boolean reads a scalar that must be exactly true or false.
+func (p *parser) boolean(n *yaml.Node, rule, field string) (bool, bool) {
+	v, ok := p.scalar(n, rule, field)
+	if !ok {
+		return false, false
+	}
+	if v != "true" && v != "false" {
+		p.add(n.Line, rule, field, fmt.Sprintf("want true or false, not %q", v))
+		return false, false
+	}
+	return v == "true", true
+}
 
 func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 	label := "#" + strconv.Itoa(idx+1)
@@ -430,6 +449,10 @@ func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 				r.reuse = Reuse(v)
 			default:
 				p.add(e.val.Line, label, "reuse", fmt.Sprintf("want project (one credential for every job of the project) or job (one credential per job), not %q", v))
+			}
+		case AllowForkMergeRequestsKey:
+			if b, ok := p.boolean(e.val, label, e.key); ok {
+				r.allowForks = b
 			}
 		default:
 			p.add(e.line, label, e.key, "unknown key (want "+strings.Join(ruleKeys, ", ")+")")
@@ -640,16 +663,9 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 			r.accessLevel = lvl
 			accessLine = e.val.Line
 		case AcknowledgeAPIMaintainerKey:
-			v, ok := p.scalar(e.val, label, field)
-			if !ok {
-				continue
+			if b, ok := p.boolean(e.val, label, field); ok {
+				acknowledged = b
 			}
-			b, err := strconv.ParseBool(v)
-			if err != nil || (v != "true" && v != "false") {
-				p.add(e.val.Line, label, field, fmt.Sprintf("want true or false, not %q", v))
-				continue
-			}
-			acknowledged = b
 		default:
 			p.add(e.line, label, field, "unknown key (want "+strings.Join(allowKeys, ", ")+")")
 		}

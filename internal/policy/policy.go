@@ -32,10 +32,20 @@
 //     start with a literal top-level group or a {{namespace_path}} /
 //     {{project_path}} (or job_*_path) template.
 //
-// For merge-request pipelines from forks GitLab sets project_* and
-// namespace_* to the fork (the source project); job_project_* and
-// job_namespace_* (GitLab 18.4+) name the project the job runs in. Pinning
-// project_path therefore never admits a fork's job.
+// Merge requests from forks: a job of a merge-request pipeline from a fork
+// runs in the parent project with the fork's code. GitLab (Gitlab::Ci::Jwt)
+// names the fork — the merge request's source project — in project_*,
+// namespace_*, user_access_level and sub, and the parent in job_project_* and
+// job_namespace_* (GitLab 18.4+); ci_config_ref_uri names the parent's CI file
+// at the fork's branch. GitLab versions before the fix of the project_* claims
+// put the parent in project_* as well, so there pinning project_path does not
+// keep a fork's job out. Every rule
+// therefore refuses such a job unless it sets allow_fork_merge_requests: true:
+// a job is taken for a fork's when project_id differs from job_project_id
+// (or project_path from job_project_path), and a merge_request_event pipeline
+// whose token has no job_project_id (GitLab before 18.4) counts as one, as it
+// cannot be told apart. The guard is checked last, so a denial names it when
+// it was all that stood in the way.
 package policy
 
 import (
@@ -74,6 +84,7 @@ type rule struct {
 	ttl         time.Duration
 	accessLevel int
 	reuse       Reuse
+	allowForks  bool // allow_fork_merge_requests
 	fingerprint string
 }
 
@@ -167,6 +178,7 @@ const (
 	stageClaims = iota
 	stageTarget
 	stageScopes
+	stageFork // everything but the fork merge-request guard passed
 	stageAllowed
 )
 
@@ -318,7 +330,40 @@ func (r *rule) evaluate(req Request, want scopeSet, q *quoter) outcome {
 			}
 		}
 	}
+	// Last, so that a denial names the fork when the rule would otherwise
+	// have served the request.
+	if !r.allowForks {
+		if why := forkMergeRequest(req.Claims); why != "" {
+			return outcome{stage: stageFork, failed: why}
+		}
+	}
 	return outcome{stage: stageAllowed, group: group}
+}
+
+// forkMergeRequest says why the claims may belong to a job of a merge-request
+// pipeline from a fork, or "" when they do not. GitLab names the fork (the
+// merge request's source project) in project_* and namespace_*, and the
+// project the job runs in in job_project_* (GitLab 18.4+): they differ only
+// for such a job. A merge-request pipeline whose token has no job_project_id
+// (GitLab before 18.4) cannot be told from a fork's, and counts as one.
+func forkMergeRequest(c map[string]string) string {
+	const fix = "; a rule serves such jobs only with " + AllowForkMergeRequestsKey + ": true"
+	if id, job := c["project_id"], c["job_project_id"]; id != "" && job != "" {
+		if id != job {
+			return "merge request from a fork: project_id " + strconv.Quote(id) + " is not job_project_id " + strconv.Quote(job) + fix
+		}
+		return ""
+	}
+	if path, job := c["project_path"], c["job_project_path"]; path != "" && job != "" {
+		if path != job {
+			return "merge request from a fork: project_path " + strconv.Quote(path) + " is not job_project_path " + strconv.Quote(job) + fix
+		}
+		return ""
+	}
+	if c["pipeline_source"] == "merge_request_event" {
+		return "merge-request pipeline whose ID token has no job_project_id (GitLab before 18.4): it may come from a fork" + fix
+	}
+	return ""
 }
 
 func (m *claimMatch) accepts(v string) bool {
