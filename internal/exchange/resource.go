@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"gltoken.dev/gltoken/internal/gitlabpath"
 )
 
 // origins are what the daemon serves: the GitLab instance (its resources
@@ -45,13 +47,6 @@ type target struct {
 	registry bool   // a container registry repository rather than a git one
 }
 
-// maxPathSegments and maxPathLen bound what a resource may name (GitLab
-// allows 20 levels of subgroups; paths are at most 255 characters a segment).
-const (
-	maxPathSegments = 21
-	maxPathLen      = 1024
-)
-
 // parse accepts "https://gitlab.example.com/group/proj(.git)" for a
 // repository and "https://registry.example.com/group/proj" for a registry
 // repository. Anything else is invalid_target.
@@ -62,7 +57,7 @@ func (o origins) parse(raw string) (target, error) {
 	if raw == "" {
 		return target{}, &Error{Code: CodeInvalidRequest, Description: fmt.Sprintf("resource is required: the URL of the repository, e.g. %s/group/project.git", o.gitlab)}
 	}
-	if len(raw) > maxPathLen+256 {
+	if len(raw) > gitlabpath.MaxLen+256 {
 		return bad("resource is too long")
 	}
 	u, err := url.Parse(raw)
@@ -98,17 +93,8 @@ func (o origins) parse(raw string) (target, error) {
 	if !registry {
 		p = strings.TrimSuffix(p, ".git")
 	}
-	if len(p) > maxPathLen {
-		return bad("resource path is too long")
-	}
-	segs := strings.Split(p, "/")
-	if len(segs) < 2 || len(segs) > maxPathSegments {
-		return bad("resource %q does not name a project (group/project)", truncate(raw, 200))
-	}
-	for _, seg := range segs {
-		if !validPathSegment(seg) {
-			return bad("resource path segment %q is not a valid GitLab path", truncate(seg, 64))
-		}
+	if err := gitlabpath.CheckProject(p); err != nil {
+		return bad("resource %v", err)
 	}
 	return target{project: p, registry: registry}, nil
 }
@@ -128,23 +114,6 @@ func hostPort(u *url.URL) string {
 		return u.Hostname() + ":80"
 	}
 	return u.Host
-}
-
-// validPathSegment follows GitLab's path rule: letters, digits, '_', '-',
-// '.', not starting with '-' or '.', not ending in '.', at most 255 long.
-func validPathSegment(seg string) bool {
-	if seg == "" || len(seg) > 255 || seg[0] == '-' || seg[0] == '.' || seg[len(seg)-1] == '.' {
-		return false
-	}
-	for i := 0; i < len(seg); i++ {
-		c := seg[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-', c == '.':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // redactResource is the resource as the audit log may show it: a refused

@@ -83,7 +83,7 @@ const matrixPolicy = `rules:
     match:
       project_path: tools/app
     allow:
-      projects: ["tools/{{ref}}", "tools/{{environment}}-cfg"]
+      projects: ["tools/{{ref}}", "tools/cfg-{{environment}}"]
       scopes: [read_repository]
 
   - name: multirepo
@@ -170,7 +170,7 @@ func TestEvaluateMatrix(t *testing.T) {
 		{"malicious ref with comma", claims("project_path", "tools/app", "ref", "a,secret"), "tools/secret", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"ref with slash is one segment", claims("project_path", "tools/app", "ref", "release/v1"), "tools/release/v1", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"benign ref exact", claims("project_path", "tools/app", "ref", "lib"), "tools/lib", []string{"read_repository"}, true, "ref-exact", "", "", ""},
-		{"empty environment does not widen", claims("project_path", "tools/app", "ref", "-", "environment", ""), "tools/-cfg", []string{"read_repository"}, false, "", "", "not listed", ""},
+		{"empty environment does not widen", claims("project_path", "tools/app", "ref", "-", "environment", ""), "tools/cfg-", []string{"read_repository"}, false, "", "", "not listed", ""},
 		{"missing claim in template matches nothing", claims("project_path", "tools/app", "ref", "-"), "tools/main", []string{"read_repository"}, false, "", "", "not listed", ""},
 
 		// groups
@@ -427,6 +427,22 @@ func TestTemplateOfNonPathClaimIsOneSegment(t *testing.T) {
 		d := pol.Evaluate(Request{Claims: tc.claims, Project: tc.project, Scopes: []string{"read_repository"}})
 		if d.Allowed != tc.allowed {
 			t.Errorf("%s: %s allowed = %v, want %v (%s)", tc.name, tc.project, d.Allowed, tc.allowed, d.Reason)
+		}
+	}
+}
+
+// TestRequestProjectFollowsGitLabPaths: the request's project is checked by
+// GitLab's rule (Gitlab::PathRegex), the one the daemon's resource parsing
+// applies: no segment starts with '-', a group segment does not end in '.'.
+func TestRequestProjectFollowsGitLabPaths(t *testing.T) {
+	pol := mustParse(t, "rules:\n  - name: r\n    match: {project_path: platform/app}\n    allow: {projects: [\"**\"], scopes: [read_repository]}\n")
+	for project, ok := range map[string]bool{
+		"platform/.dotfiles": true, "platform/app.": true,
+		"platform/-app": false, "platform./app": false, "platform/app.git": false, "platform/..": false,
+	} {
+		d := pol.Evaluate(Request{Claims: claims(), Project: project, Scopes: []string{"read_repository"}})
+		if d.Allowed != ok {
+			t.Errorf("%s: allowed %v, want %v (%s)", project, d.Allowed, ok, d.Reason)
 		}
 	}
 }

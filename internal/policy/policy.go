@@ -53,6 +53,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"gltoken.dev/gltoken/internal/gitlabpath"
 )
 
 // Policy is a loaded, validated trust policy. It is immutable and safe for
@@ -261,33 +263,10 @@ func checkRequest(req Request) (scopeSet, []string, string) {
 		}
 		want |= bit
 	}
-	if !validProjectPath(req.Project) {
+	if !gitlabpath.ValidProject(req.Project) {
 		return 0, nil, fmt.Sprintf("request: %s is not a GitLab project path (want group/project)", strconv.Quote(req.Project))
 	}
 	return want, scopes, ""
-}
-
-// validProjectPath accepts what GitLab accepts in a full path: segments of
-// letters, digits, '_', '-' and '.', separated by single slashes, at least
-// two segments (a project lives in a namespace), no "." or ".." segments.
-func validProjectPath(s string) bool {
-	if s == "" || len(s) > 1024 {
-		return false
-	}
-	segs := 0
-	for seg := range strings.SplitSeq(s, "/") {
-		segs++
-		if seg == "" || seg == "." || seg == ".." {
-			return false
-		}
-		for i := 0; i < len(seg); i++ {
-			c := seg[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-				return false
-			}
-		}
-	}
-	return segs >= 2
 }
 
 // quoter remembers the last claim value it quoted: consecutive rules that
