@@ -37,7 +37,7 @@ func decide(pol *policy.Policy, maxTTL time.Duration, claims map[string]string, 
 	}
 	kind, owner := leastPrivilege(scopes, t.project, dec.Group)
 	p := plan{kind: kind, owner: owner, lifetime: min(dec.TTL, maxTTL), rule: dec.Rule, scopes: scopes}
-	if kind == ledger.ProjectAccessToken || kind == ledger.GroupAccessToken {
+	if kind.AccessToken() {
 		p.role = dec.AccessLevel
 		if p.role == 0 {
 			p.role = policy.AccessDeveloper // GitLab's own default would be maintainer

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"gltoken.dev/gltoken/internal/ledger"
 	"gltoken.dev/gltoken/internal/policy"
 )
 
@@ -61,7 +60,7 @@ func Explain(cfg Config, pol *policy.Policy, claims map[string]string, resource 
 		fmt.Fprintf(&b, " = at most %s", p.lifetime)
 	}
 	b.WriteString("\n")
-	if p.kind == ledger.ProjectAccessToken || p.kind == ledger.GroupAccessToken {
+	if p.kind.AccessToken() {
 		fmt.Fprintf(&b, "role:      access level %d\n", p.role)
 	}
 	return b.String(), true, nil

@@ -60,7 +60,7 @@ func deadInGitLab(rec ledger.Record) time.Time {
 	if rec.ExpiresAt.IsZero() {
 		return time.Time{}
 	}
-	if rec.Kind == ledger.ProjectDeployToken || rec.Kind == ledger.GroupDeployToken {
+	if rec.Kind.DeployToken() {
 		return rec.ExpiresAt
 	}
 	u := rec.ExpiresAt.UTC()

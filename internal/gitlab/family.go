@@ -66,7 +66,7 @@ func (c *Client) ListManagedAccessTokens(ctx context.Context, kind ledger.Kind, 
 // ListManaged implements exchange.ManagedLister for access tokens (deploy
 // tokens cannot rotate themselves: none to list).
 func (c *Client) ListManaged(ctx context.Context, kind ledger.Kind, owner int64) ([]exchange.ManagedToken, error) {
-	if !isAccessToken(kind) {
+	if !kind.AccessToken() {
 		return nil, nil
 	}
 	toks, err := c.ListManagedAccessTokens(ctx, kind, owner)
@@ -83,7 +83,7 @@ func (c *Client) ListManaged(ctx context.Context, kind ledger.Kind, owner int64)
 // listAccessTokens lists the active access tokens on owner whose name
 // contains search ("" for all).
 func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner int64, search string) ([]AccessToken, error) {
-	if !isAccessToken(kind) {
+	if !kind.AccessToken() {
 		return nil, fmt.Errorf("list access tokens: %w: %s is not an access token kind", exchange.ErrRejected, kind)
 	}
 	if owner <= 0 {
@@ -165,7 +165,7 @@ func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner i
 // that escaped the ledger). An already revoked ref is not an error.
 func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef) (int, error) {
 	name := ref.Name
-	if !isAccessToken(ref.Kind) {
+	if !ref.Kind.AccessToken() {
 		return 0, c.Revoke(ctx, ref)
 	}
 	owner := ref.Owner

@@ -89,7 +89,7 @@ func (c *Client) Mint(ctx context.Context, req exchange.MintRequest) (exchange.C
 func (c *Client) validate(req exchange.MintRequest) error {
 	op := fmt.Sprintf("mint %s %q", kindName(req.Kind), req.Name)
 	switch {
-	case !knownKind(req.Kind):
+	case !req.Kind.Valid():
 		return fmt.Errorf("mint: %w: unknown credential kind %q", exchange.ErrRejected, req.Kind)
 	case strings.TrimSpace(req.Name) == "":
 		return fmt.Errorf("%s: %w: empty token name", op, exchange.ErrRejected)
@@ -108,7 +108,7 @@ func (c *Client) validate(req exchange.MintRequest) error {
 		// sees: gltoken never asks for one.
 		return fmt.Errorf("%s: %w: the self_rotate scope is never requested", op, exchange.ErrRejected)
 	}
-	if isAccessToken(req.Kind) && !validAccessLevels[req.AccessLevel] {
+	if req.Kind.AccessToken() && !validAccessLevels[req.AccessLevel] {
 		// 0 would get GitLab's default, Maintainer: never by accident.
 		return fmt.Errorf("%s: %w: access level %d is not one of 10, 15, 20, 30, 40, 50", op, exchange.ErrRejected, req.AccessLevel)
 	}
@@ -237,7 +237,7 @@ func (c *Client) mapCreateError(op string, req exchange.MintRequest, resp *gl.Re
 // tokens. When several match (which gltoken never causes), the newest is
 // returned.
 func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner int64, name string) (exchange.TokenRef, bool, error) {
-	if !knownKind(kind) {
+	if !kind.Valid() {
 		return exchange.TokenRef{}, false, fmt.Errorf("find token: %w: unknown credential kind %q", exchange.ErrRejected, kind)
 	}
 	if owner <= 0 || name == "" {
@@ -330,7 +330,7 @@ func deployTokenActive(t *gl.DeployToken, now time.Time) bool {
 // counts as gone only when the owner is still visible to the service account;
 // otherwise the error wraps ErrRevokeUnconfirmed.
 func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
-	if !knownKind(ref.Kind) {
+	if !ref.Kind.Valid() {
 		return fmt.Errorf("revoke token: %w: unknown credential kind %q", exchange.ErrRejected, ref.Kind)
 	}
 	owner := ref.Owner
@@ -365,7 +365,7 @@ func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
 		}
 		c.log.DebugContext(ctx, "gitlab token already gone", "kind", string(ref.Kind), "owner_id", owner, "gitlab_id", ref.GitLabID)
 		return nil
-	case status(resp) == http.StatusBadRequest && isAccessToken(ref.Kind):
+	case status(resp) == http.StatusBadRequest && ref.Kind.AccessToken():
 		// GitLab answers 400 when the revoke service fails, e.g. when the
 		// token was already revoked and its bot removed: look before failing.
 		if gone, gerr := c.accessTokenGone(ctx, ref.Kind, owner, ref.GitLabID); gerr == nil && gone {
@@ -406,18 +406,6 @@ func (c *Client) accessTokenGone(ctx context.Context, kind ledger.Kind, owner, i
 		return false, errors.New("empty answer")
 	}
 	return tok.Revoked || !tok.Active, nil
-}
-
-func knownKind(k ledger.Kind) bool {
-	switch k {
-	case ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken:
-		return true
-	}
-	return false
-}
-
-func isAccessToken(k ledger.Kind) bool {
-	return k == ledger.ProjectAccessToken || k == ledger.GroupAccessToken
 }
 
 func kindName(k ledger.Kind) string {
@@ -464,7 +452,7 @@ func (c *Client) resolveOwner(ctx context.Context, kind ledger.Kind, path string
 	if path == "" {
 		return 0, fmt.Errorf("resolve owner: %w: empty path", exchange.ErrRejected)
 	}
-	if !knownKind(kind) {
+	if !kind.Valid() {
 		return 0, fmt.Errorf("resolve owner: %w: unknown credential kind %q", exchange.ErrRejected, kind)
 	}
 	var (

@@ -34,7 +34,7 @@ const (
 // rotated token's. A token already revoked is answered 400 "Token already revoked" (wrapped
 // exchange.ErrRejected): only an active token can be rotated.
 func (c *Client) Rotate(ctx context.Context, ref exchange.TokenRef, expiresAt time.Time) (exchange.Credential, error) {
-	if !isAccessToken(ref.Kind) {
+	if !ref.Kind.AccessToken() {
 		return exchange.Credential{}, fmt.Errorf("rotate: %w: only project and group access tokens can be rotated, not %s", exchange.ErrRejected, kindName(ref.Kind))
 	}
 	if ref.Owner <= 0 || ref.GitLabID <= 0 {

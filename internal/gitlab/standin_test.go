@@ -121,7 +121,7 @@ func TestStandinMintEachKind(t *testing.T) {
 			if tok.ExpiresAt == nil {
 				t.Fatal("token never expires")
 			}
-			if isAccessToken(tt.kind) {
+			if tt.kind.AccessToken() {
 				if tok.AccessLevel != tt.level {
 					t.Errorf("access level = %d, want %d", tok.AccessLevel, tt.level)
 				}

@@ -36,6 +36,16 @@ const (
 	GroupAccessToken   Kind = "group_access_token"
 )
 
+// Valid reports whether k is one of the four kinds above.
+func (k Kind) Valid() bool { return k.AccessToken() || k.DeployToken() }
+
+// AccessToken reports whether k is a project or group access token (a bot
+// user with a role; it can be rotated and listed by name).
+func (k Kind) AccessToken() bool { return k == ProjectAccessToken || k == GroupAccessToken }
+
+// DeployToken reports whether k is a project or group deploy token (no role).
+func (k Kind) DeployToken() bool { return k == ProjectDeployToken || k == GroupDeployToken }
+
 // Record is one credential the daemon minted or meant to mint. It never holds
 // the secret in the clear: SecretSHA256 is the hex SHA-256 of it, and
 // SealedSecret, when the daemon has a ledger key, is it encrypted.

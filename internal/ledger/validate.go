@@ -22,7 +22,7 @@ func CheckIntent(r Record) (Record, error) {
 		return r, fmt.Errorf("record %s: an intent must be pending, not %q", r.ID, r.State)
 	}
 	r.State = Pending
-	if !validKind(r.Kind) {
+	if !r.Kind.Valid() {
 		return r, fmt.Errorf("record %s: unknown kind %q", r.ID, r.Kind)
 	}
 	if r.CreatedAt.IsZero() {
@@ -98,14 +98,6 @@ func CheckReusable(key string, limit int) error {
 		return fmt.Errorf("limit %d, want > 0", limit)
 	}
 	return nil
-}
-
-func validKind(k Kind) bool {
-	switch k {
-	case ProjectDeployToken, GroupDeployToken, ProjectAccessToken, GroupAccessToken:
-		return true
-	}
-	return false
 }
 
 // CheckFingerprint returns sha lower-cased if it is a hex SHA-256. The check
