@@ -52,7 +52,7 @@ func decide(pol *policy.Policy, maxTTL time.Duration, claims map[string]string, 
 // access.
 func leastPrivilege(scopes []string, project, group string) (ledger.Kind, string) {
 	for _, sc := range scopes {
-		if !deployTokenScopes[sc] {
+		if !policy.DeployTokenScope(sc) {
 			return ledger.ProjectAccessToken, project
 		}
 	}
@@ -62,14 +62,6 @@ func leastPrivilege(scopes []string, project, group string) (ledger.Kind, string
 	return ledger.ProjectDeployToken, project
 }
 
-var deployTokenScopes = map[string]bool{
-	"read_repository": true, "read_registry": true, "write_registry": true,
-	"read_package_registry": true, "write_package_registry": true,
-	"read_virtual_registry": true, "write_virtual_registry": true,
-}
-
-var registryScopes = map[string]bool{"read_registry": true, "write_registry": true}
-
 // checkScopes returns the requested scopes deduplicated and sorted, or why
 // they cannot be asked for on this kind of resource.
 func checkScopes(requested []string, registry bool) ([]string, error) {
@@ -78,10 +70,10 @@ func checkScopes(requested []string, registry bool) ([]string, error) {
 	}
 	out := make([]string, 0, len(requested))
 	for _, sc := range requested {
-		if !slices.Contains(policy.KnownScopes, sc) {
+		if !policy.KnownScope(sc) {
 			return nil, &Error{Code: CodeInvalidScope, Description: fmt.Sprintf("unknown scope %q", truncate(sc, 64))}
 		}
-		if registry && !registryScopes[sc] {
+		if registry && !policy.RegistryScope(sc) {
 			return nil, &Error{Code: CodeInvalidScope, Description: fmt.Sprintf("scope %q does not apply to a registry resource (read_registry, write_registry)", sc)}
 		}
 		if !slices.Contains(out, sc) {

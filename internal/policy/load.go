@@ -688,25 +688,18 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 	p.warnAllow(r, label, ttlLine, accessLine, wide)
 }
 
-// accessTokenScopes are the scopes only a project access token carries; a
-// rule granting none of them mints deploy tokens only.
-var accessTokenScopes = map[string]bool{"write_repository": true, "read_api": true, "api": true}
-
-// writeScopes change things or reach the whole API.
-var writeScopes = map[string]bool{"write_repository": true, "write_registry": true, "write_package_registry": true, "api": true}
-
 // warnAllow reports what is legal but probably not what the author meant.
 func (p *parser) warnAllow(r *rule, label string, ttlLine, accessLine int, wide []item) {
 	if p.maxTTL > 0 && ttlLine > 0 && r.ttl > p.maxTTL {
 		p.warn(ttlLine, label, "allow.ttl", fmt.Sprintf("%s is above max_ttl (%s): credentials get %s", shortDuration(r.ttl), shortDuration(p.maxTTL), shortDuration(p.maxTTL)))
 	}
-	if accessLine > 0 && !slices.ContainsFunc(r.scopeList, func(s string) bool { return accessTokenScopes[s] }) {
+	if accessLine > 0 && !slices.ContainsFunc(r.scopeList, func(s string) bool { return !DeployTokenScope(s) }) {
 		p.warn(accessLine, label, "allow.access_level", "has no effect: the rule's scopes are served by deploy tokens, which have no role "+
 			"(access_level applies to write_repository, read_api and api)")
 	}
 	var writes []string
 	for _, s := range r.scopeList {
-		if writeScopes[s] {
+		if writeScope(s) {
 			writes = append(writes, s)
 		}
 	}

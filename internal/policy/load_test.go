@@ -715,3 +715,29 @@ func TestRuleFingerprint(t *testing.T) {
 		}
 	}
 }
+
+// TestScopeCatalogue: one catalogue says which scopes a deploy token carries
+// (the exchange mints by it) and which apply to a registry; GitLab's
+// virtual-registry scopes are not offered anywhere.
+func TestScopeCatalogue(t *testing.T) {
+	var deploy, registry []string
+	for _, s := range KnownScopes {
+		if DeployTokenScope(s) {
+			deploy = append(deploy, s)
+		}
+		if RegistryScope(s) {
+			registry = append(registry, s)
+		}
+	}
+	if want := []string{"read_repository", "read_registry", "write_registry", "read_package_registry", "write_package_registry"}; !slices.Equal(deploy, want) {
+		t.Errorf("deploy-token scopes %v, want %v", deploy, want)
+	}
+	if want := []string{"read_registry", "write_registry"}; !slices.Equal(registry, want) {
+		t.Errorf("registry scopes %v, want %v", registry, want)
+	}
+	for _, s := range []string{"read_virtual_registry", "write_virtual_registry", "self_rotate", ""} {
+		if KnownScope(s) || DeployTokenScope(s) || RegistryScope(s) {
+			t.Errorf("%q is offered", s)
+		}
+	}
+}

@@ -99,11 +99,56 @@ var tenantTemplateClaims = map[string]bool{
 // offered.
 var KnownScopes = slices.Clone(scopeNames[:])
 
-// scopeNames is the package's own copy: a caller changing KnownScopes must
-// not change what a policy grants.
-var scopeNames = [...]string{
-	"read_repository", "read_registry", "write_registry", "read_package_registry",
-	"write_package_registry", "write_repository", "read_api", "api",
+// scopes is the scope catalogue, the one home of what each scope is: whether
+// a deploy token carries it (else it needs a project access token), whether
+// it changes things or reaches the whole API, whether it applies to a
+// container registry repository.
+var scopes = [...]struct {
+	name                    string
+	deploy, write, registry bool
+}{
+	{name: "read_repository", deploy: true},
+	{name: "read_registry", deploy: true, registry: true},
+	{name: "write_registry", deploy: true, write: true, registry: true},
+	{name: "read_package_registry", deploy: true},
+	{name: "write_package_registry", deploy: true, write: true},
+	{name: "write_repository", write: true},
+	{name: "read_api"},
+	{name: "api", write: true},
+}
+
+// scopeNames is the package's own copy of the names: a caller changing
+// KnownScopes must not change what a policy grants.
+var scopeNames = func() (n [len(scopes)]string) {
+	for i, s := range scopes {
+		n[i] = s.name
+	}
+	return n
+}()
+
+// KnownScope reports whether a rule may grant scope s.
+func KnownScope(s string) bool { _, ok := scopeBit(s); return ok }
+
+// DeployTokenScope reports whether a deploy token carries scope s; a known
+// scope that is not one needs a project access token.
+func DeployTokenScope(s string) bool {
+	return scopeHas(s, func(i int) bool { return scopes[i].deploy })
+}
+
+// RegistryScope reports whether scope s applies to a container registry
+// repository (read_registry, write_registry).
+func RegistryScope(s string) bool { return scopeHas(s, func(i int) bool { return scopes[i].registry }) }
+
+// writeScope reports whether s changes things or reaches the whole API.
+func writeScope(s string) bool { return scopeHas(s, func(i int) bool { return scopes[i].write }) }
+
+func scopeHas(s string, f func(i int) bool) bool {
+	for i := range scopes {
+		if scopes[i].name == s {
+			return f(i)
+		}
+	}
+	return false
 }
 
 // scopeSet is a bit set over scopeNames.
