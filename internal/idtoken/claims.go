@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"gltoken.dev/gltoken/internal/idclaims"
 )
 
 // header is what Verify needs from a JOSE header that passed checkStructure.
@@ -123,26 +125,6 @@ func decodeObject(b []byte) (map[string]json.RawMessage, error) {
 	return members, nil
 }
 
-// GitLab's claims and their JSON types (lib/gitlab/ci/jwt.rb, jwt_v2.rb and
-// JSONWebToken::UserProjectTokenClaims): ids are strings, runner_id is a number,
-// ref_protected and environment_protected are the strings "true"/"false".
-var (
-	gitlabStringClaims = []string{
-		"namespace_id", "namespace_path", "project_id", "project_path",
-		"user_id", "user_login", "user_email", "user_access_level",
-		"job_project_id", "job_project_path", "job_namespace_id", "job_namespace_path",
-		"pipeline_id", "pipeline_source", "job_id",
-		"ref", "ref_type", "ref_path",
-		"environment", "deployment_tier", "environment_action",
-		"runner_environment", "sha", "project_visibility",
-		"ci_config_ref_uri", "ci_config_sha", "target_audience",
-	}
-	gitlabBoolStringClaims = []string{"ref_protected", "environment_protected"}
-	gitlabIntClaims        = []string{"runner_id"}
-	gitlabStringListClaims = []string{"groups_direct"}
-	gitlabObjectListClaims = []string{"user_identities"}
-)
-
 // maxNumericDate is 9999-12-31T23:59:59Z; later (or negative) times are malformed.
 const maxNumericDate = 253402300799
 
@@ -199,6 +181,7 @@ func (c *claimSet) set(name string, raw json.RawMessage) error {
 			c.jti = s
 		}
 		c.claims[name] = s
+		return nil
 	case name == "aud":
 		if kind == '"' {
 			s, _ := asString(raw, kind)
@@ -210,6 +193,7 @@ func (c *claimSet) set(name string, raw json.RawMessage) error {
 			return errors.New("want a string or an array of strings")
 		}
 		c.aud = list
+		return nil
 	case name == "exp" || name == "iat" || name == "nbf":
 		t, err := asNumericDate(raw, kind)
 		if err != nil {
@@ -224,42 +208,14 @@ func (c *claimSet) set(name string, raw json.RawMessage) error {
 			c.nbf = t
 		}
 		c.claims[name] = normaliseNumber(string(raw))
-	case slices.Contains(gitlabStringClaims, name):
-		s, err := asString(raw, kind)
-		if err != nil {
-			return err
-		}
-		c.claims[name] = s
-	case slices.Contains(gitlabBoolStringClaims, name):
-		s, err := asString(raw, kind)
-		if err != nil {
-			return err
-		}
-		if s != "true" && s != "false" {
-			return fmt.Errorf("want \"true\" or \"false\", got %s", quote(s))
-		}
-		c.claims[name] = s
-	case slices.Contains(gitlabIntClaims, name):
-		if kind != '0' {
-			return errors.New("want an integer")
-		}
-		n, err := strconv.ParseInt(string(raw), 10, 64)
-		if err != nil {
-			return errors.New("want an integer")
-		}
-		c.claims[name] = strconv.FormatInt(n, 10)
-	case slices.Contains(gitlabStringListClaims, name):
-		list, err := asStringList(raw, kind)
-		if err != nil {
-			return err
-		}
-		c.addList(name, list)
-	case slices.Contains(gitlabObjectListClaims, name):
-		if kind != '[' {
-			return errors.New("want an array")
-		}
-		// Dropped: not usable for matching.
-	default:
+		return nil
+	}
+	// GitLab's claims by their JSON types (idclaims): ids are strings,
+	// runner_id is a number, ref_protected and environment_protected are the
+	// strings "true"/"false".
+	spec, known := idclaims.Lookup(name)
+	switch {
+	case !known:
 		// A claim GitLab does not document (yet): keep any scalar, string lists too.
 		switch kind {
 		case '"':
@@ -277,6 +233,41 @@ func (c *claimSet) set(name string, raw json.RawMessage) error {
 				c.addList(name, list)
 			}
 		}
+	case spec.Encoding == idclaims.String:
+		s, err := asString(raw, kind)
+		if err != nil {
+			return err
+		}
+		c.claims[name] = s
+	case spec.Encoding == idclaims.BoolString:
+		s, err := asString(raw, kind)
+		if err != nil {
+			return err
+		}
+		if s != "true" && s != "false" {
+			return fmt.Errorf("want \"true\" or \"false\", got %s", quote(s))
+		}
+		c.claims[name] = s
+	case spec.Encoding == idclaims.Int:
+		if kind != '0' {
+			return errors.New("want an integer")
+		}
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil {
+			return errors.New("want an integer")
+		}
+		c.claims[name] = strconv.FormatInt(n, 10)
+	case spec.Encoding == idclaims.StringList:
+		list, err := asStringList(raw, kind)
+		if err != nil {
+			return err
+		}
+		c.addList(name, list)
+	case spec.Encoding == idclaims.ObjectList:
+		if kind != '[' {
+			return errors.New("want an array")
+		}
+		// Dropped: not usable for matching.
 	}
 	return nil
 }

@@ -19,6 +19,8 @@ import (
 
 	"github.com/bmatcuk/doublestar/v4"
 	"go.yaml.in/yaml/v3"
+
+	"gltoken.dev/gltoken/internal/idclaims"
 )
 
 // MaxFileSize bounds a policy file; a bigger one is refused, not truncated.
@@ -536,7 +538,7 @@ func (p *parser) parseMatch(r *rule, label string, n *yaml.Node) {
 	pinned := false
 	for _, e := range fields {
 		field := "match." + e.key
-		spec, known := claimSchema[e.key]
+		spec, known := matchableClaim(e.key)
 		if !known {
 			p.add(e.line, label, field, "unknown claim (known: "+strings.Join(KnownClaims, ", ")+")")
 			continue
@@ -569,29 +571,29 @@ func (p *parser) parseMatch(r *rule, label string, n *yaml.Node) {
 }
 
 // checkMatchGlob validates one match pattern against its claim's type.
-func checkMatchGlob(g string, spec claimSpec) string {
+func checkMatchGlob(g string, spec idclaims.Spec) string {
 	if strings.Contains(g, "{{") {
 		return "templates are only allowed in allow.projects and allow.groups"
 	}
 	if !doublestar.ValidatePattern(g) {
 		return fmt.Sprintf("bad glob %q", g)
 	}
-	switch spec.kind {
-	case kindBool:
+	switch spec.Kind {
+	case idclaims.Bool:
 		if !matchGlob(g, "true") && !matchGlob(g, "false") {
 			return fmt.Sprintf("%q can never match: the claim is \"true\" or \"false\" (quote it: \"true\")", g)
 		}
-	case kindEnum:
-		if !slices.ContainsFunc(spec.values, func(v string) bool { return matchGlob(g, v) }) {
-			return fmt.Sprintf("%q can never match: the claim is one of %s", g, strings.Join(spec.values, ", "))
+	case idclaims.Enum:
+		if !slices.ContainsFunc(spec.Values, func(v string) bool { return matchGlob(g, v) }) {
+			return fmt.Sprintf("%q can never match: the claim is one of %s", g, strings.Join(spec.Values, ", "))
 		}
-	case kindID:
+	case idclaims.ID:
 		if !hasMeta(g) {
 			if _, err := strconv.ParseUint(g, 10, 64); err != nil {
 				return fmt.Sprintf("%q can never match: the claim is a decimal number", g)
 			}
 		}
-	case kindPath:
+	case idclaims.Path:
 		if strings.HasPrefix(g, "/") || strings.HasSuffix(g, "/") {
 			return fmt.Sprintf("%q: a GitLab path has no leading or trailing slash", g)
 		}

@@ -541,20 +541,29 @@ func TestAccessLevel(t *testing.T) {
 	}
 }
 
-func TestKnownClaimsMatchSchema(t *testing.T) {
-	if len(KnownClaims) != len(claimSchema) {
-		t.Errorf("KnownClaims has %d names, schema %d", len(KnownClaims), len(claimSchema))
+// TestKnownClaims: the claims a rule may use come from the one catalogue
+// (idclaims) and are exactly GitLab's scalar claims.
+func TestKnownClaims(t *testing.T) {
+	want := []string{
+		"ci_config_ref_uri", "ci_config_sha", "deployment_tier", "environment", "environment_action",
+		"environment_protected", "iss", "job_id", "job_namespace_id", "job_namespace_path",
+		"job_project_id", "job_project_path", "namespace_id", "namespace_path", "pipeline_id",
+		"pipeline_source", "project_id", "project_path", "project_visibility", "ref", "ref_path",
+		"ref_protected", "ref_type", "runner_environment", "runner_id", "sha", "sub", "user_access_level",
+		"user_email", "user_id", "user_login",
 	}
-	for i, c := range KnownClaims {
-		if _, ok := claimSchema[c]; !ok {
-			t.Errorf("KnownClaims[%d] = %q not in schema", i, c)
-		}
-		if i > 0 && KnownClaims[i-1] >= c {
-			t.Errorf("KnownClaims not sorted at %q", c)
+	if !slices.Equal(KnownClaims, want) {
+		t.Errorf("KnownClaims = %v\nwant %v", KnownClaims, want)
+	}
+	for _, c := range want {
+		if _, ok := matchableClaim(c); !ok {
+			t.Errorf("%s is not matchable", c)
 		}
 	}
-	if len(KnownScopes) != len(scopeNames) || len(scopeNames) > 32 {
-		t.Error("scopeSet is a uint32")
+	for _, c := range []string{"aud", "exp", "jti", "groups_direct", "user_identities", "target_audience", "nope"} {
+		if _, ok := matchableClaim(c); ok {
+			t.Errorf("%s is matchable", c)
+		}
 	}
 }
 

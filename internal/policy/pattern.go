@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/bmatcuk/doublestar/v4"
+
+	"gltoken.dev/gltoken/internal/idclaims"
 )
 
 // globMeta are the bytes that carry meaning in a doublestar pattern. A claim
@@ -103,11 +105,11 @@ func parseTemplate(s string) ([]part, error) {
 			return nil, fmt.Errorf("unclosed template: %q has no }}", s)
 		}
 		name := strings.TrimSpace(rest[:j])
-		spec, ok := claimSchema[name]
+		spec, ok := matchableClaim(name)
 		if !ok {
 			return nil, fmt.Errorf("unknown claim %q in template", name)
 		}
-		parts = append(parts, part{claim: name, path: spec.kind == kindPath})
+		parts = append(parts, part{claim: name, path: spec.Kind == idclaims.Path})
 		rest = rest[j+2:]
 	}
 }

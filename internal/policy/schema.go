@@ -4,77 +4,23 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"gltoken.dev/gltoken/internal/idclaims"
 )
 
-// claimKind is the type GitLab gives a claim in the ID token. Request.Claims
-// carries every claim in string form; the kind lets Parse reject a match
-// pattern that no real token could ever satisfy (`ref_protected: yes`,
-// `ref_type: branches`, `project_id: abc`).
-type claimKind int
-
-const (
-	kindString claimKind = iota // free text (may contain '/')
-	kindPath                    // a GitLab full path: group/subgroup/project
-	kindID                      // a decimal number
-	kindBool                    // "true" or "false"
-	kindEnum                    // one of a fixed set of values
-)
-
-type claimSpec struct {
-	kind   claimKind
-	values []string // kindEnum: the possible values
-}
-
-// claimSchema is the typed schema of GitLab's CI/CD ID-token claims
-// (lib/gitlab/ci/jwt.rb, jwt_v2.rb; docs "OpenID Connect (OIDC) Authentication
-// Using ID Tokens"). Claims whose value is not a scalar (aud may be a list,
-// groups_direct and user_identities are arrays) are left out on purpose:
-// their string form would be ambiguous. Timing claims (iat, nbf, exp) and jti
-// are the verifier's business, not the policy's.
-var claimSchema = map[string]claimSpec{
-	"iss":                   {kind: kindString},
-	"sub":                   {kind: kindString}, // project_path:{g}/{p}:ref_type:{t}:ref:{r} by default; projects can customise it
-	"namespace_id":          {kind: kindID},
-	"namespace_path":        {kind: kindPath},
-	"project_id":            {kind: kindID},
-	"project_path":          {kind: kindPath},
-	"job_project_id":        {kind: kindID},   // the project the job runs in (differs from project_* for fork MRs)
-	"job_project_path":      {kind: kindPath}, // GitLab 18.4+
-	"job_namespace_id":      {kind: kindID},
-	"job_namespace_path":    {kind: kindPath},
-	"user_id":               {kind: kindID},
-	"user_login":            {kind: kindString},
-	"user_email":            {kind: kindString},
-	"user_access_level":     {kind: kindString},
-	"pipeline_id":           {kind: kindID},
-	"pipeline_source":       {kind: kindString},
-	"job_id":                {kind: kindID},
-	"ref":                   {kind: kindString}, // branch or tag name, no refs/heads/ prefix; may contain '/'
-	"ref_type":              {kind: kindEnum, values: []string{"branch", "tag"}},
-	"ref_path":              {kind: kindString}, // refs/heads/main, refs/tags/v1
-	"ref_protected":         {kind: kindBool},
-	"environment":           {kind: kindString},
-	"environment_protected": {kind: kindBool},
-	"deployment_tier":       {kind: kindEnum, values: []string{"production", "staging", "testing", "development", "other"}},
-	"environment_action":    {kind: kindString},
-	"runner_id":             {kind: kindID},
-	"runner_environment":    {kind: kindEnum, values: []string{"gitlab-hosted", "self-hosted"}},
-	"sha":                   {kind: kindString},
-	"project_visibility":    {kind: kindEnum, values: []string{"public", "internal", "private"}},
-	"ci_config_ref_uri":     {kind: kindString},
-	"ci_config_sha":         {kind: kindString},
+// matchableClaim returns the spec of a claim a rule may match and use in
+// {{claim}} templates. The catalogue (idclaims) is shared with the ID-token
+// decoder; the spec's Kind lets Parse reject a match pattern that no real
+// token could ever satisfy (`ref_protected: yes`, `ref_type: branches`,
+// `project_id: abc`).
+func matchableClaim(name string) (idclaims.Spec, bool) {
+	s, ok := idclaims.Lookup(name)
+	return s, ok && s.Matchable
 }
 
 // KnownClaims lists, sorted, the ID-token claims a rule may use in match and
 // in {{claim}} templates.
-var KnownClaims = []string{
-	"ci_config_ref_uri", "ci_config_sha", "deployment_tier", "environment", "environment_action",
-	"environment_protected", "iss", "job_id", "job_namespace_id", "job_namespace_path",
-	"job_project_id", "job_project_path", "namespace_id", "namespace_path", "pipeline_id",
-	"pipeline_source", "project_id", "project_path", "project_visibility", "ref", "ref_path",
-	"ref_protected", "ref_type", "runner_environment", "runner_id", "sha", "sub", "user_access_level",
-	"user_email", "user_id", "user_login",
-}
+var KnownClaims = idclaims.Matchable()
 
 // pinClaims are the claims that, on https://gitlab.com, pin a rule to one
 // tenant's namespace or project.
