@@ -232,7 +232,7 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, g, &exchange.Error{Code: exchange.CodeInvalidScope, Description: "too many scopes"})
 		return
 	}
-	iss, err := a.Service.Exchange(r.Context(), exchange.Request{
+	granted, err := a.Service.Exchange(r.Context(), exchange.Request{
 		RequestID:    requestID(r),
 		SubjectToken: form.Get("subject_token"),
 		Resource:     form.Get("resource"),
@@ -243,14 +243,14 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, g, err)
 		return
 	}
-	expiresIn := int64(iss.ExpiresAt.Sub(a.Now()) / time.Second)
+	expiresIn := int64(granted.ExpiresAt.Sub(a.Now()) / time.Second)
 	writeJSON(w, http.StatusOK, tokenResponse{
-		AccessToken:     iss.AccessToken,
+		AccessToken:     granted.AccessToken,
 		IssuedTokenType: tokenTypeAccessToken,
 		TokenType:       "N_A",
 		ExpiresIn:       max(expiresIn, 0),
-		Scope:           strings.Join(iss.Scopes, " "),
-		Username:        iss.Username,
+		Scope:           strings.Join(granted.Scopes, " "),
+		Username:        granted.Username,
 	})
 }
 

@@ -20,11 +20,16 @@ func mustParse(tb testing.TB, src string) *Policy {
 // claims builds a claim set from a protected main-branch job of platform/app,
 // overridden by kv pairs ("key", "value", …; value "-" deletes the claim).
 func claims(kv ...string) map[string]string {
-	c := map[string]string{
+	return override(map[string]string{
 		"namespace_id": "7", "namespace_path": "platform", "project_id": "42", "project_path": "platform/app",
 		"ref": "main", "ref_type": "branch", "ref_path": "refs/heads/main", "ref_protected": "true",
 		"pipeline_source": "push", "user_login": "alice",
-	}
+	}, kv...)
+}
+
+// override sets the kv pairs in c ("key", "value", …; value "-" deletes the
+// claim) and returns it.
+func override(c map[string]string, kv ...string) map[string]string {
 	for i := 0; i+1 < len(kv); i += 2 {
 		if kv[i+1] == "-" {
 			delete(c, kv[i])

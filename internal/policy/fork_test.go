@@ -11,21 +11,13 @@ import (
 // request's source project), job_project_* and job_namespace_* the project
 // the job runs in.
 func forkClaims(kv ...string) map[string]string {
-	c := claims(
+	return override(claims(
 		"project_id", "99", "project_path", "contrib/app", "namespace_id", "9", "namespace_path", "contrib",
 		"job_project_id", "42", "job_project_path", "platform/app", "job_namespace_id", "7", "job_namespace_path", "platform",
 		"pipeline_source", "merge_request_event", "ref", "fix-typo", "ref_path", "refs/heads/fix-typo", "ref_protected", "false",
 		"sub", "project_path:contrib/app:ref_type:branch:ref:fix-typo",
 		"ci_config_ref_uri", "gitlab.example.com/platform/app//.gitlab-ci.yml@refs/heads/fix-typo",
-	)
-	for i := 0; i+1 < len(kv); i += 2 {
-		if kv[i+1] == "-" {
-			delete(c, kv[i])
-		} else {
-			c[kv[i]] = kv[i+1]
-		}
-	}
-	return c
+	), kv...)
 }
 
 const forkPolicy = `rules:
