@@ -40,6 +40,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	claims := fs.String("claims", "", "")
 	resource := fs.String("resource", "", "")
 	scope := fs.String("scope", "", "")
+	online := fs.Bool("online", false, "")
 	help := fs.BoolP("help", "h", false, "")
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(stderr, "exchanged: %v (see exchanged --help)\n", err)
@@ -57,7 +58,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "serve":
 		return serve(ctx, *cfgPath, stderr)
 	case "check":
-		return daemon.Check(*cfgPath, stdout, stderr)
+		return daemon.Check(ctx, *cfgPath, *online, stdout, stderr)
 	case "explain":
 		scopes := strings.FieldsFunc(*scope, func(r rune) bool { return r == ',' || r == ' ' })
 		return daemon.Explain(*cfgPath, *claims, *resource, scopes, stdin, stdout, stderr)

@@ -5,7 +5,7 @@ const usage = `NAME
 
 SYNOPSIS
     exchanged [serve] --config FILE
-    exchanged check   --config FILE
+    exchanged check   --config FILE [--online]
     exchanged explain --config FILE --claims CLAIMS.json --resource URL --scope SCOPE[,SCOPE]
     exchanged version
 
@@ -28,6 +28,10 @@ COMMANDS
               in force, unless its mode is 0600 or stricter).
     check     Validate the configuration and the policy, naming every
               problem with its file, line and rule. Exit 0 when valid.
+              With --online it also asks GitLab about the service token
+              (GET /personal_access_tokens/self): one GitLab rejects
+              (invalid, expired, revoked) or without the api scope fails;
+              otherwise it prints the token's scopes and days left.
     explain   Print the policy's decision for the claims of an ID token (a
               JSON object, e.g. the decoded payload of a job's token), a
               resource URL and scopes: which rule matched, or for each rule
@@ -37,6 +41,7 @@ COMMANDS
 
 OPTIONS
     --config FILE      The YAML configuration (see contrib/exchanged.yaml).
+    --online           check: also ask GitLab about the service token.
     --claims FILE      explain: the ID token's claims as JSON ("-" for stdin).
     --resource URL     explain: e.g. https://gitlab.example.com/platform/lib.git
     --scope SCOPES     explain: comma- or space-separated, e.g. read_repository
@@ -56,7 +61,7 @@ EXIT STATUS
     denied; 2 usage error.
 
 EXAMPLES
-    exchanged check --config /etc/gltoken/exchanged.yaml
+    exchanged check --config /etc/gltoken/exchanged.yaml --online
     exchanged explain --config /etc/gltoken/exchanged.yaml --claims job.json \
         --resource https://gitlab.example.com/platform/lib.git --scope read_repository
 `

@@ -194,13 +194,17 @@ func overdueGrace(cfg *config.Config) time.Duration {
 	return 10 * time.Second
 }
 
-// ready is /readyz: the keys are loaded and the ledger answers.
+// ready is /readyz: the keys are loaded, the ledger answers, and GitLab has
+// not rejected the service token (nor found it without the api scope).
 func (d *Daemon) ready(ctx context.Context) error {
 	if !d.verifier.Ready() {
 		return errors.New("GitLab's signing keys are not loaded yet")
 	}
 	if err := d.store.Ping(ctx); err != nil {
 		return fmt.Errorf("ledger unreachable: %w", err)
+	}
+	if p := d.keeper.Problem(); p != "" {
+		return errors.New(p)
 	}
 	return nil
 }

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,5 +93,52 @@ func TestServiceTokenRotatesItself(t *testing.T) {
 			t.Errorf("metrics lack %s\n%s", want, grepLines(string(b), "gltoken_service"))
 		}
 	}
+	assertNoSecrets(t, "daemon log", d.logs.String())
+}
+
+// A service token GitLab stops accepting (revoked by an administrator): the
+// job is told the daemon's GitLab token is invalid, not that the account lacks
+// rights; once the daemon has asked GitLab about it (here on SIGHUP) /readyz
+// answers 503 and the log says why.
+func TestRejectedServiceToken(t *testing.T) {
+	w := newWorld(t)
+	d := w.startDaemon(t, daemonOpts{})
+	st, ok := w.gl.TokenByName("service-account")
+	if !ok {
+		t.Fatal("no service-account token in the stand-in")
+	}
+	w.gl.RevokeToken(st.Kind, st.ID)
+
+	resp, body := d.exchange(w.job("main", true), w.gl.URL()+"/platform/lib.git", "read_repository")
+	if resp.StatusCode == http.StatusOK || !strings.Contains(body, "the daemon's GitLab token is invalid") || strings.Contains(body, "lacks the rights") {
+		t.Fatalf("exchange with a revoked service token: %d %s", resp.StatusCode, body)
+	}
+	g := w.git(t, d, w.job("main", true))
+	out, err := g.run("", "clone", w.gl.URL()+"/platform/lib.git")
+	if err == nil || !strings.Contains(out, "the daemon's GitLab token is invalid") {
+		t.Fatalf("git clone with a revoked service token: %v\n%s", err, out)
+	}
+
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last /readyz: %s\n%s", last, d.logs.String())
+		}
+	})
+	waitFor(t, "/readyz to report the rejected token", func() bool {
+		resp, err := d.httpClient().Get(d.base() + "/readyz")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = fmt.Sprintf("%d %s", resp.StatusCode, b)
+		// /readyz keeps the reason for the log (it answers anyone who asks).
+		return resp.StatusCode == http.StatusServiceUnavailable &&
+			strings.Contains(d.logs.String(), `"msg":"not ready","error":"GitLab rejects the service token`)
+	})
 	assertNoSecrets(t, "daemon log", d.logs.String())
 }

@@ -115,6 +115,8 @@ func (s *Service) gitlabError(owner string, err error) error {
 		return &Error{Code: CodeRateLimited, Description: "GitLab is rate limiting the service account; try again later", RetryAfter: 10 * time.Second, detail: err.Error(), reason: limitReason(err)}
 	case errors.Is(err, ErrNotFound):
 		return &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf("%s was not found in GitLab under that exact path (it may have moved or been renamed, or the service account cannot see it)", owner), detail: err.Error()}
+	case errors.Is(err, ErrServiceTokenInvalid):
+		return &Error{Code: CodeServerError, Description: "GitLab rejected the daemon's GitLab token (401): the daemon's GitLab token is invalid, expired or revoked; ask the daemon's operator (exchanged check --online says which)", detail: err.Error()}
 	case errors.Is(err, ErrForbidden):
 		return &Error{Code: CodeServerError, Description: fmt.Sprintf("GitLab refused to mint on %s: the daemon's service account lacks the rights (Maintainer on a project, Owner on a group); ask the daemon's operator", owner), detail: err.Error()}
 	case errors.Is(err, ErrUnavailable):

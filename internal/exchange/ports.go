@@ -103,6 +103,10 @@ var (
 	// ErrBudgetSpent: the daemon's own GitLab API budget refused the call
 	// before it was sent (errors wrapping it also wrap ErrRateLimited).
 	ErrBudgetSpent = errors.New("gitlab: API budget spent")
+	// ErrServiceTokenInvalid: GitLab answered 401 to the daemon's own token
+	// (invalid, expired, revoked): an operator must install a valid one. It is
+	// not a matter of the account's rights.
+	ErrServiceTokenInvalid = errors.New("gitlab: the daemon's GitLab token is invalid")
 	// ErrForbidden: GitLab answered 403: the service account lacks the rights.
 	ErrForbidden = errors.New("gitlab: service account lacks permission")
 	// ErrNotFound: the project or group does not exist (or the service account cannot see it).

@@ -60,7 +60,8 @@ type Config struct {
 
 // ErrTokenInvalid: GitLab answered 401 to the service account's token: it is
 // invalid, expired or revoked (or lacks the api scope). Errors wrapping it
-// also wrap exchange.ErrForbidden.
+// also wrap exchange.ErrForbidden and, except on access-token listings (where
+// GitLab answers 401 for a missing role too), exchange.ErrServiceTokenInvalid.
 var ErrTokenInvalid = errors.New("gitlab: the service token was rejected (401): invalid, expired, revoked, or without the api scope")
 
 // Client talks to one GitLab instance as the service account.
@@ -308,12 +309,14 @@ func (c *Client) mapError(op, who string, resp *gl.Response, err error, create b
 		role = "the rights this call needs"
 	}
 	switch {
-	case code == http.StatusUnauthorized && who != "":
+	case code == http.StatusUnauthorized && who != "" && !create && (strings.HasPrefix(op, "list ") || strings.HasPrefix(op, "find ")):
 		// GitLab also answers 401 (not 403) when listing access tokens
-		// without the role.
+		// without the role: either may be the cause.
 		return fmt.Errorf("%s: %w: %w (or, for access-token calls, the account lacks %s)", op, ErrTokenInvalid, exchange.ErrForbidden, who)
 	case code == http.StatusUnauthorized:
-		return fmt.Errorf("%s: %w: %w", op, ErrTokenInvalid, exchange.ErrForbidden)
+		// Anywhere else GitLab's 401 is about the token itself (a create
+		// without the role answers 400 or 403).
+		return fmt.Errorf("%s: %w: %w: %w", op, ErrTokenInvalid, exchange.ErrServiceTokenInvalid, exchange.ErrForbidden)
 	case code == http.StatusForbidden:
 		return fmt.Errorf("%s: %w: the service account lacks %s (GitLab: %s)", op, exchange.ErrForbidden, role, msg)
 	case code == http.StatusNotFound:

@@ -137,8 +137,9 @@ type Keeper struct {
 	// publish, when set, is a completed rotation not yet in the store.
 	publish *publication
 
-	expiry atomic.Int64 // unix seconds of info.ExpiresAt (0: unknown or never)
-	alert  atomic.Bool
+	expiry  atomic.Int64 // unix seconds of info.ExpiresAt (0: unknown or never)
+	alert   atomic.Bool
+	problem atomic.Pointer[string] // why the token cannot mint (Problem)
 }
 
 type publication struct{ old, next string }
@@ -202,6 +203,58 @@ func (k *Keeper) Alerting() bool { return k.alert.Load() }
 
 // File is the token file.
 func (k *Keeper) File() string { return k.cfg.File }
+
+// Problem says why the token in force cannot mint, as far as GitLab has told:
+// it rejects the token (invalid, expired, revoked) or the token lacks the api
+// scope. Empty when GitLab accepted it or has not been asked yet. /readyz
+// reports it.
+func (k *Keeper) Problem() string {
+	if p := k.problem.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Check asks GitLab about secret (GET /personal_access_tokens/self) and says
+// what is wrong with it for minting: rejected (an error wrapping ErrRevoked),
+// or Problem-like text for a missing api scope or an inactive token; "" when
+// it is fine. exchanged check --online uses it.
+func Check(ctx context.Context, gl GitLab, secret string) (Info, string, error) {
+	info, err := gl.SelfToken(ctx, secret)
+	if err != nil {
+		return Info{}, "", err
+	}
+	return info, infoProblem(info), nil
+}
+
+// infoProblem is what keeps an accepted token from minting.
+func infoProblem(info Info) string {
+	if !info.Active {
+		return "GitLab says the service token is not active (revoked or expired)"
+	}
+	for _, s := range info.Scopes {
+		if s == "api" {
+			return ""
+		}
+	}
+	return fmt.Sprintf("the service token lacks the api scope (it has %v): GitLab refuses to create tokens with it", info.Scopes)
+}
+
+// DaysLeft is the whole days from now until info's expiry date (-1: never expires).
+func DaysLeft(info Info, now time.Time) int {
+	if info.ExpiresAt.IsZero() {
+		return -1
+	}
+	return int(info.ExpiresAt.Sub(now).Hours() / 24)
+}
+
+func (k *Keeper) setProblem(p string) {
+	if p == "" {
+		k.problem.Store(nil)
+		return
+	}
+	k.problem.Store(&p)
+}
 
 // Start takes up any successor published in the store, asks GitLab about the
 // token, and rotates it if it is due. Failures are logged and alerted, never
@@ -296,6 +349,13 @@ func (k *Keeper) emit(event string) {
 func (k *Keeper) setStateLocked(s state, reason string) {
 	k.state, k.reason = s, reason
 	k.alert.Store(s != stateOK)
+	if s == stateLockedOut {
+		k.setProblem(reason + " (401: invalid, expired or revoked)")
+	} else if k.infoKnown {
+		k.setProblem(infoProblem(k.info))
+	} else {
+		k.setProblem("")
+	}
 }
 
 func (k *Keeper) setInfoLocked(info Info) {
@@ -328,12 +388,18 @@ func (k *Keeper) learnLocked(ctx context.Context) {
 	if k.state == stateLockedOut {
 		k.setStateLocked(stateOK, "")
 	}
-	attrs := []any{"file", k.cfg.File, "token_id", info.ID, "token_name", info.Name, "rotation", k.cfg.Rotate}
+	p := infoProblem(info)
+	k.setProblem(p)
+	attrs := []any{"file", k.cfg.File, "token_id", info.ID, "token_name", info.Name, "scopes", info.Scopes, "rotation", k.cfg.Rotate}
+	if p != "" {
+		k.log.ErrorContext(ctx, p+": minting fails until a token with the api scope is installed", attrs...)
+	}
 	if info.ExpiresAt.IsZero() {
 		k.log.InfoContext(ctx, "service token never expires: it is not rotated", attrs...)
 		return
 	}
-	attrs = append(attrs, "expires_at", info.ExpiresAt.Format(time.DateOnly), "rotate_at", info.ExpiresAt.Add(-k.cfg.Before).Format(time.RFC3339))
+	attrs = append(attrs, "expires_at", info.ExpiresAt.Format(time.DateOnly), "days_left", DaysLeft(info, k.now()),
+		"rotate_at", info.ExpiresAt.Add(-k.cfg.Before).Format(time.RFC3339))
 	k.log.InfoContext(ctx, "service token checked", attrs...)
 }
 

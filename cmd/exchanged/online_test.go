@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"gltoken.dev/gltoken/internal/gitlabfake"
+)
+
+// TestCheckOnline: check --online asks the stand-in about the service token
+// (GET /personal_access_tokens/self) and fails, saying why, on a revoked
+// token, an expired one, an unknown one and one without the api scope; a good
+// one passes with its scopes and the days left before it expires.
+func TestCheckOnline(t *testing.T) {
+	gl := gitlabfake.Start(t, gitlabfake.Options{})
+	bot := gl.AddUser("gltoken-bot")
+	in10 := time.Now().Add(10*24*time.Hour + time.Hour)
+	past := time.Now().Add(-48 * time.Hour)
+	good := gl.CreatePersonalAccessToken(bot, "good", []string{"api"}, &in10)
+	readAPI := gl.CreatePersonalAccessToken(bot, "read-only", []string{"read_api"}, &in10)
+	expired := gl.CreatePersonalAccessToken(bot, "expired", []string{"api"}, &past)
+	revoked := gl.CreatePersonalAccessToken(bot, "revoked", []string{"api"}, &in10)
+	st, _ := gl.TokenByName("revoked")
+	gl.RevokeToken(st.Kind, st.ID)
+
+	cfg := contribConfig(t)
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.ReplaceAll(string(b), "https://gitlab.example.com", gl.URL())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(filepath.Dir(cfg), "gitlab-token")
+	for _, tc := range []struct {
+		name, token string
+		wantCode    int
+		want        string
+	}{
+		{name: "good", token: good, wantCode: 0, want: `GitLab accepts token "good"`},
+		{name: "no api scope", token: readAPI, wantCode: 1, want: "lacks the api scope"},
+		{name: "expired", token: expired, wantCode: 1, want: "rejects the service token (401): it is invalid, expired or revoked"},
+		{name: "revoked", token: revoked, wantCode: 1, want: "rejects the service token (401)"},
+		{name: "unknown", token: "glpat-notatoken", wantCode: 1, want: "rejects the service token (401)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(tokenFile, []byte(tc.token+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, out, errs := runCmd(t, "check", "--config", cfg, "--online")
+			if code != tc.wantCode || !strings.Contains(out+errs, tc.want) {
+				t.Fatalf("check --online: exit %d, want %d with %q:\n%s%s", code, tc.wantCode, tc.want, out, errs)
+			}
+			y, m, d := in10.UTC().Date()
+			days := fmt.Sprintf("%d day(s) left", int(time.Until(time.Date(y, m, d, 0, 0, 0, 0, time.UTC)).Hours()/24))
+			if tc.wantCode == 0 && !strings.Contains(out, days) {
+				t.Fatalf("no days left in:\n%s", out)
+			}
+			if strings.Contains(out+errs, tc.token) {
+				t.Fatalf("the output shows the secret:\n%s%s", out, errs)
+			}
+		})
+	}
+	// Offline, the check does not ask GitLab.
+	if code, out, errs := runCmd(t, "check", "--config", cfg); code != 0 || strings.Contains(out, "GitLab accepts") {
+		t.Fatalf("check without --online: exit %d:\n%s%s", code, out, errs)
+	}
+}
