@@ -42,6 +42,10 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule,
 		Subject: tok.Subject, ProjectID: tok.Claims["project_id"], PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID,
+		// With the ID token's exp, the intent records the job as the
+		// credential's first holder: job-end revocation ends it when the
+		// job ends (see Reaper.EndJob).
+		TokenExpiresAt: tok.Expiry,
 		// The reaper looks at an unfinished intent when its lease ends, or at
 		// the credential's TTL if that comes first.
 		CreatedAt: now, ExpiresAt: mreq.ExpiresAt, NextAttemptAt: earliest(now.Add(s.cfg.MintLease), mreq.ExpiresAt),

@@ -190,9 +190,13 @@ func (r *Reaper) ReconcilePending(ctx context.Context) (int, error) {
 	return len(recs), nil
 }
 
-func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
+func (r *Reaper) settle(ctx context.Context, rec ledger.Record) { r.settleAs(ctx, rec, "revoked") }
+
+// settleAs settles rec; a revoked Active credential is recorded with outcome
+// revoked (the metric's label and the audit event's outcome).
+func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string) {
 	var err error
-	outcome := "revoked"
+	outcome := revoked
 	switch rec.State {
 	case ledger.Pending:
 		outcome, err = r.reconcile(ctx, rec)

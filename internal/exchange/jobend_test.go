@@ -1,0 +1,60 @@
+package exchange
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	"gltoken.dev/gltoken/internal/idtoken"
+	"gltoken.dev/gltoken/internal/ledger"
+)
+
+func TestEndJobRevokesWhatOnlyItHeld(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	other := maps.Clone(f.ver.tokens["job-token"].Claims)
+	other["job_id"] = "13"
+	f.ver.tokens["other-job"] = &idtoken.Token{Issuer: "https://gitlab.example.com", Subject: "s", ID: "jti-13",
+		IssuedAt: f.clock.Now(), Expiry: f.clock.Now().Add(time.Hour), Claims: other}
+
+	a, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.exchange("other-job", "https://gitlab.example.com/platform/lib.git", "read_repository")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := f.store.Holders(ctx, a.LedgerID)
+	if err != nil || len(hs) != 1 || hs[0].JobID != "12" || !hs[0].Holding() {
+		t.Fatalf("holders of the minted credential = %+v, %v; want job 12 holding it", hs, err)
+	}
+
+	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
+	ended, err := r.EndJob(ctx, "12")
+	if err != nil || !slices.Equal(ended, []string{a.LedgerID}) {
+		t.Fatalf("EndJob(12) = %v, %v; want [%s]", ended, err, a.LedgerID)
+	}
+	if rec, _ := f.store.Get(ctx, a.LedgerID); rec.State != ledger.Revoked {
+		t.Fatalf("job 12's credential is %s after its job ended", rec.State)
+	}
+	if rec, _ := f.store.Get(ctx, b.LedgerID); rec.State != ledger.Active {
+		t.Fatalf("job 13's credential is %s after another job ended", rec.State)
+	}
+	if f.minter.liveCount() != 1 {
+		t.Fatalf("live at GitLab = %d, want 1 (job 13's)", f.minter.liveCount())
+	}
+	// Twice, or a job that held nothing: nothing happens.
+	for _, job := range []string{"12", "99"} {
+		if ended, err := r.EndJob(ctx, job); err != nil || len(ended) != 0 {
+			t.Fatalf("EndJob(%s) again = %v, %v", job, ended, err)
+		}
+	}
+	// The ended job's next request does not get the revoked credential from the cache.
+	a2, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+	if err != nil || a2.AccessToken == a.AccessToken {
+		t.Fatalf("after job end: %v, same token %v", err, a2 != nil && a2.AccessToken == a.AccessToken)
+	}
+}
