@@ -64,6 +64,14 @@ type GitLab struct {
 	CAFile      string `yaml:"ca_file"`
 	// Rotation of the service token by itself before it expires.
 	Rotation Rotation `yaml:"rotation"`
+	// WebhookSecretFile holds the secret GitLab's webhook sends in
+	// X-Gitlab-Token (mode 0600 or stricter); it enables POST /v1/gitlab/events.
+	WebhookSecretFile string `yaml:"webhook_secret_file"`
+	// JobPollInterval: how often the daemon asks GitLab's jobs API about
+	// jobs holding live credentials that no event spoke of lately (default
+	// 30s, between 5s and 60s): a job's credentials are revoked within about
+	// one interval of its end, with or without the webhook.
+	JobPollInterval Duration `yaml:"job_poll_interval"`
 }
 
 // Rotation tunes the service token's self-rotation (POST
@@ -255,6 +263,7 @@ var defaulted = []struct{ key, value string }{
 	{"gitlab.rotation.before", "168h"},
 	{"gitlab.rotation.lifetime", "720h"},
 	{"gitlab.rotation.probe_after", "5m"},
+	{"gitlab.job_poll_interval", "30s"},
 }
 
 func (c *Config) resolvePaths(dir string) {
@@ -268,6 +277,7 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.TLS.ClientCAFile)
 	abs(&c.GitLab.TokenFile)
 	abs(&c.GitLab.CAFile)
+	abs(&c.GitLab.WebhookSecretFile)
 	abs(&c.PolicyFile)
 	if c.Store.Driver == "" || c.Store.Driver == "sqlite" {
 		abs(&c.Store.DSN)
@@ -318,6 +328,9 @@ func (c *Config) defaults() {
 	}
 	if c.GitLab.Rotation.Lifetime == 0 {
 		c.GitLab.Rotation.Lifetime = Duration(30 * 24 * time.Hour)
+	}
+	if c.GitLab.JobPollInterval == 0 {
+		c.GitLab.JobPollInterval = Duration(30 * time.Second)
 	}
 	if c.GitLab.Rotation.ProbeAfter == 0 {
 		c.GitLab.Rotation.ProbeAfter = Duration(5 * time.Minute)
@@ -393,6 +406,9 @@ func (c *Config) validate(d *decoder) {
 	if c.GitLab.TokenFile == "" {
 		add("gitlab.token_file", "gitlab.token_file is required: the service account token is never written inline")
 	}
+	if d := c.GitLab.JobPollInterval.D(); d < 5*time.Second || d > time.Minute {
+		add("gitlab.job_poll_interval", "gitlab.job_poll_interval: %s: must be between 5s and 60s (a job's credentials are revoked within about one interval of its end)", d)
+	}
 	if c.GitLab.RegistryURL != "" {
 		if u, err := url.Parse(c.GitLab.RegistryURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			add("gitlab.registry_url", "gitlab.registry_url: %q is not an http(s) URL", c.GitLab.RegistryURL)
@@ -452,6 +468,23 @@ func (c *Config) validate(d *decoder) {
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 || c.RateLimit.MintsPerJob < 0 || c.RateLimit.MintsPerProject < 0 || c.RateLimit.RemintsAfterRevoke < 0 {
 		add("rate_limit", "rate_limit: values must be positive")
 	}
+}
+
+// ReadWebhookSecret reads the webhook's shared secret from
+// gitlab.webhook_secret_file ("" when none is configured), with the checks
+// of the token file: 0600 or stricter, one line, never echoed.
+func (c *Config) ReadWebhookSecret() (string, error) {
+	if c.GitLab.WebhookSecretFile == "" {
+		return "", nil
+	}
+	s, err := svctoken.ReadFile(c.GitLab.WebhookSecretFile)
+	if err != nil {
+		return "", fmt.Errorf("gitlab.webhook_secret_file: %s", strings.Replace(err.Error(), "service token file", "webhook secret file", 1))
+	}
+	if len(s) < 16 {
+		return "", fmt.Errorf("gitlab.webhook_secret_file %s: the secret is %d characters; use at least 16 random ones (e.g. openssl rand -hex 32)", c.GitLab.WebhookSecretFile, len(s))
+	}
+	return s, nil
 }
 
 // ReadToken reads the service account token from gitlab.token_file. It

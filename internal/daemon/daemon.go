@@ -40,6 +40,7 @@ type Daemon struct {
 	store    ledger.Store
 	reaper   *exchange.Reaper
 	sweeper  *exchange.Sweeper
+	jobs     *exchange.JobWatch
 	keeper   *svctoken.Keeper
 	srv      *httpapi.Server
 	cancel   context.CancelFunc
@@ -83,6 +84,10 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	logWarnings(log, d.policy.Current())
 	if _, err := cfg.ReadToken(); err != nil {
 		return nil, step("service account token", err)
+	}
+	webhookSecret, err := cfg.ReadWebhookSecret()
+	if err != nil {
+		return nil, step("webhook secret", err)
 	}
 	hc, err := gitlab.NewHTTPClient(cfg.GitLab.CAFile)
 	if err != nil {
@@ -131,6 +136,8 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 			PerJobPerMinute: cfg.RateLimit.MintsPerJob, PerProjectPerMinute: cfg.RateLimit.MintsPerProject,
 			RemintsAfterRevoke: cfg.RateLimit.RemintsAfterRevoke,
 		}),
+		// The watch is built below, with the reaper it ends jobs through.
+		Jobs: jobRunning{d},
 		Scheduled: func(at time.Time) {
 			if d.reaper != nil {
 				d.reaper.Schedule(at)
@@ -141,6 +148,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("exchange", err)
 	}
 	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, svc.Cache())
+	d.jobs = exchange.NewJobWatch(exchange.JobWatchConfig{Interval: cfg.GitLab.JobPollInterval.D(), Logger: log}, d.store, d.reaper, minter)
 	d.sweeper = exchange.NewSweeper(exchange.SweeperConfig{Interval: cfg.SweepInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, minter)
 	if cfg.Store.Driver == "sqlite" {
 		// The embedded ledger belongs to this process alone: every pending
@@ -160,7 +168,8 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		Metrics: m.Handler(),
 		Guard:   httpapi.NewFailureGuard(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst, 0),
 		Limited: m.Limited,
-		Logger:  log,
+		Events:  d.jobs, WebhookSecret: webhookSecret,
+		Logger: log,
 	})
 	tlsFiles := &httpapi.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}
 	if d.srv, err = httpapi.Listen(cfg.Listen, tlsFiles, api, log); err != nil {
@@ -183,6 +192,14 @@ func newKeeper(cfg *config.Config, gl *gitlab.Client, store ledger.Store, log *s
 		Before: r.Before.D(), Lifetime: r.Lifetime.D(), ProbeAfter: r.ProbeAfter.D(),
 		Logger: log, OnEvent: m.ServiceTokenEvent,
 	})
+}
+
+// jobRunning asks the daemon's job watch, which is built after the
+// exchange service that asks it.
+type jobRunning struct{ d *Daemon }
+
+func (j jobRunning) Running(ctx context.Context, projectID, jobID string) (bool, string, error) {
+	return j.d.jobs.Running(ctx, projectID, jobID)
 }
 
 // overdueGrace is how long past its TTL a credential may stay before it
@@ -222,8 +239,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); d.reaper.Run(d.ctx) }()
+	go func() { defer wg.Done(); d.jobs.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.sweeper.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.keeper.Start(d.ctx); d.keeper.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.onHangup(d.ctx, hup) }()

@@ -146,6 +146,7 @@ type daemonOpts struct {
 	policy         string
 	reaperInterval string
 	extra          string // more configuration lines
+	gitlab         string // more lines of the gitlab: section, each indented by two spaces
 	registryURL    string // gitlab.registry_url
 	name           string // configuration file name, for several daemons in one world (default exchanged)
 	store          string // default {driver: sqlite, dsn: state.db}
@@ -194,13 +195,13 @@ gitlab:
   url: %s
   token_file: gitlab-token
   registry_url: %q
-audience: %s
+%saudience: %s
 policy_file: policy.yaml
 store: %s
 max_ttl: 12h
 reaper_interval: %s
 log_level: debug
-%s`, listen, w.gl.URL(), o.registryURL, audience, o.store, o.reaperInterval, o.extra)
+%s`, listen, w.gl.URL(), o.registryURL, o.gitlab, audience, o.store, o.reaperInterval, o.extra)
 	writeFile(t, d.cfgPath, cfg, 0o600)
 	d.start()
 	t.Cleanup(d.stop)

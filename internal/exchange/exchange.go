@@ -54,6 +54,15 @@ type Config struct {
 	// Limiter bounds mints per job, per source project and after client
 	// revocations; nil: no limit.
 	Limiter MintLimiter
+	// Jobs tells whether a job is still running, for rules with
+	// require_running_job (JobWatch implements it); nil: such rules refuse
+	// every request, since nothing can tell.
+	Jobs JobRunning
+}
+
+// JobRunning tells whether a CI job is still running; *JobWatch implements it.
+type JobRunning interface {
+	Running(ctx context.Context, projectID, jobID string) (running bool, status string, err error)
 }
 
 // DefaultMintLease bounds one mint: the GitLab call gets half of it, and an
@@ -189,6 +198,11 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 	if err != nil {
 		return nil, err
 	}
+	if dec.RequireRunningJob {
+		if err := s.checkRunning(ctx, tok, dec.Rule); err != nil {
+			return nil, err
+		}
+	}
 	now := s.cfg.Now()
 	life := min(p.lifetime, tok.Expiry.Sub(now))
 	if life < s.cfg.MinLifetime {
@@ -293,4 +307,39 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// checkRunning refuses the ID token of a job that is no longer running (a
+// token copied out of a finished job's log), for a rule with
+// require_running_job. When it cannot be told, the request is refused too.
+func (s *Service) checkRunning(ctx context.Context, tok *idtoken.Token, rule string) error {
+	job, project := tok.Claims["job_id"], JobProject(tok.Claims)
+	if job == "" || project == "" {
+		return &Error{Code: CodeInvalidGrant, Description: fmt.Sprintf("rule %q requires a running job, and the ID token names no job (job_id) or project", rule)}
+	}
+	if s.cfg.Jobs == nil {
+		return &Error{Code: CodeServerError, Description: fmt.Sprintf("rule %q requires a running job, and this daemon does not track jobs", rule)}
+	}
+	running, status, err := s.cfg.Jobs.Running(ctx, project, job)
+	switch {
+	case errors.Is(err, ErrForbidden), errors.Is(err, ErrNotFound):
+		return &Error{Code: CodeServerError, Description: fmt.Sprintf("rule %q requires a running job, and the daemon's service account cannot read the jobs of project %s (it needs the Reporter role or higher there); ask the daemon's operator", rule, project), detail: err.Error()}
+	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrUnavailable):
+		return &Error{Code: CodeUnavailable, Description: fmt.Sprintf("rule %q requires a running job, and GitLab could not say whether job %s is running; try again", rule, job), RetryAfter: 5 * time.Second, detail: err.Error()}
+	case err != nil:
+		return &Error{Code: CodeServerError, Description: fmt.Sprintf("rule %q requires a running job, and the daemon could not tell whether job %s is running", rule, job), detail: err.Error()}
+	case !running:
+		return &Error{Code: CodeInvalidGrant, Description: fmt.Sprintf("the ID token's job %s is no longer running (GitLab says %s), and rule %q requires a running job", job, status, rule)}
+	}
+	return nil
+}
+
+// JobProject is the id of the project the job runs in: job_project_id
+// (which differs from project_id in a merge request pipeline from a fork,
+// where project_id names the fork), else project_id.
+func JobProject(claims map[string]string) string {
+	if p := claims["job_project_id"]; p != "" {
+		return p
+	}
+	return claims["project_id"]
 }

@@ -40,7 +40,7 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	rec := ledger.Record{
 		ID: id, State: ledger.Pending, Kind: mreq.Kind, Owner: ownerID, OwnerPath: mreq.OwnerPath,
 		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule,
-		Subject: tok.Subject, ProjectID: tok.Claims["project_id"], PipelineID: tok.Claims["pipeline_id"],
+		Subject: tok.Subject, ProjectID: JobProject(tok.Claims), PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID,
 		// With the ID token's exp, the intent records the job as the
 		// credential's first holder: job-end revocation ends it when the

@@ -46,6 +46,10 @@ type Project struct {
 	NamespacePath     string
 	Visibility        string // "private" (default), "internal" or "public"
 	DefaultBranch     string
+	// PrivatePipelines turns the project's "Public pipelines" setting
+	// (public_builds, on by default) off: then only Reporters and higher
+	// may read its jobs.
+	PrivatePipelines bool
 }
 
 // AddUser creates a human user (or returns the existing one with that username).
@@ -141,6 +145,16 @@ func (s *Server) SetProjectVisibility(projectPath, visibility string) {
 	defer s.mu.Unlock()
 	if p, ok := s.projectsByPath[strings.Trim(projectPath, "/")]; ok {
 		p.Visibility = visibility
+	}
+}
+
+// SetPrivatePipelines turns the project's "Public pipelines" setting off
+// (true) or on (false, GitLab's default).
+func (s *Server) SetPrivatePipelines(projectPath string, private bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.projectsByPath[strings.Trim(projectPath, "/")]; ok {
+		p.PrivatePipelines = private
 	}
 }
 

@@ -190,6 +190,7 @@ func (s *Server) routes() http.Handler {
 	rt.handle("GET", "/api/v4/users/:id", s.handleGetUser)
 	rt.handle("GET", "/api/v4/version", s.handleVersion)
 	rt.handle("GET", "/api/v4/projects/:id", s.handleGetProject)
+	rt.handle("GET", "/api/v4/projects/:id/jobs/:job_id", s.handleGetJob)
 	rt.handle("GET", "/api/v4/groups/:id", s.handleGetGroup)
 
 	rt.handle("GET", "/api/v4/deploy_tokens", s.handleListAllDeployTokens)

@@ -216,6 +216,11 @@ func guessTier(env string) string {
 // IssueIDToken signs an ID token with GitLab's claims (Gitlab::Ci::JwtV2) for the job.
 func (s *Server) IssueIDToken(job Job) string {
 	claims := s.idTokenClaims(job)
+	u := job.User
+	if u == nil {
+		u = s.AddUser("ci-user")
+	}
+	s.recordJob(claims, u, s.now())
 	return s.SignClaims(claims, nil)
 }
 

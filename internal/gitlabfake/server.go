@@ -124,6 +124,9 @@ type Server struct {
 	oauthByRefresh   map[string]*oauthToken
 	oauthEvents      []OAuthTokenEvent
 
+	jobsOnce sync.Once
+	jobState *jobState // CI jobs and webhooks (jobs.go)
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -211,6 +214,7 @@ func (s *Server) URL() string { return s.url }
 // Close stops the server and removes the repo root if the server created it.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.WaitHooks() // deliveries under way end before the stand-in does
 		s.closeErr = s.srv.Close()
 		if errors.Is(s.closeErr, http.ErrServerClosed) {
 			s.closeErr = nil

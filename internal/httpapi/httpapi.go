@@ -1,5 +1,6 @@
 // Package httpapi serves exchanged's HTTP API on Unix sockets and TCP: RFC 8693
-// token exchange at /v1/token, RFC 7009 revocation at /v1/revoke, and
+// token exchange at /v1/token, RFC 7009 revocation at /v1/revoke, GitLab's
+// job events at /v1/gitlab/events (webhook, X-Gitlab-Token checked), and
 // /healthz, /readyz and /metrics. Handler builds the routes; Server adds
 // listeners, TLS, limits and graceful shutdown. One function, writeError, maps
 // the service's errors to HTTP statuses and RFC 6749 bodies.
@@ -44,8 +45,14 @@ type Options struct {
 	// Limited, when set, is told the reason of every 429 answered (a
 	// Reason* constant, or the service's own reason); /metrics counts them.
 	Limited func(reason string)
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// Events takes GitLab's job events at POST /v1/gitlab/events, which
+	// answers 404 unless both Events and WebhookSecret are set.
+	Events JobEvents
+	// WebhookSecret is the X-Gitlab-Token GitLab's webhook must send. It
+	// MUST NOT be logged.
+	WebhookSecret string
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 const (
@@ -121,7 +128,8 @@ func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/token", a.token)
 	mux.HandleFunc("POST /v1/revoke", a.revoke)
-	for _, p := range []string{"/v1/token", "/v1/revoke"} {
+	mux.HandleFunc("POST /v1/gitlab/events", a.events)
+	for _, p := range []string{"/v1/token", "/v1/revoke", "/v1/gitlab/events"} {
 		mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", http.MethodPost)
 			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": p + " takes POST"})

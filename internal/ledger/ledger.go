@@ -62,7 +62,9 @@ type Record struct {
 	Scopes    []string
 	Resource  string // what the client asked for (URL)
 	Rule      string // policy rule that allowed it
-	// Requester facts from the ID token, for audit.
+	// Requester facts from the ID token, for audit. ProjectID is the
+	// project the job runs in (job_project_id, else project_id): where
+	// GitLab's jobs API finds the job.
 	Subject    string
 	ProjectID  string
 	PipelineID string
@@ -205,6 +207,10 @@ type Store interface {
 	// Holds lists the holds job jobID has on credentials that are still
 	// Pending or Active, oldest first (then by LedgerID).
 	Holds(ctx context.Context, jobID string) ([]Holder, error)
+	// LiveHolds returns at most limit holds not let go on Pending or Active
+	// records, by JobID then LedgerID: the running jobs that hold live
+	// credentials, which job-end revocation watches. limit must be positive.
+	LiveHolds(ctx context.Context, limit int) ([]Holder, error)
 	// ReleaseJob lets go of every hold of job jobID (ReleasedAt = at, not
 	// zero) and returns the ids of the Pending or Active records that no job
 	// holds any more (sorted), which job-end revocation then ends. Holds

@@ -367,7 +367,12 @@ func (p *parser) parseRules(n *yaml.Node) []*rule {
 	return rules
 }
 
-var ruleKeys = []string{"name", "match", "allow", "reuse", AllowForkMergeRequestsKey}
+var ruleKeys = []string{"name", "match", "allow", "reuse", AllowForkMergeRequestsKey, RequireRunningJobKey}
+
+// RequireRunningJobKey is the rule key that refuses ID tokens of jobs that
+// are no longer running.
+const RequireRunningJobKey = "require_running_job"
+
 var allowKeys = []string{"projects", "groups", "scopes", "ttl", "access_level", AcknowledgeAPIMaintainerKey}
 
 // AcknowledgeAPIMaintainerKey is the allow key a rule must set to true to grant
@@ -455,6 +460,10 @@ func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 		case AllowForkMergeRequestsKey:
 			if b, ok := p.boolean(e.val, label, e.key); ok {
 				r.allowForks = b
+			}
+		case RequireRunningJobKey:
+			if b, ok := p.boolean(e.val, label, e.key); ok {
+				r.requireRunningJob = b
 			}
 		default:
 			p.add(e.line, label, e.key, "unknown key (want "+strings.Join(ruleKeys, ", ")+")")

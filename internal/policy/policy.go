@@ -87,7 +87,9 @@ type rule struct {
 	accessLevel int
 	reuse       Reuse
 	allowForks  bool // allow_fork_merge_requests
-	fingerprint string
+	// requireRunningJob: refuse ID tokens of jobs no longer running.
+	requireRunningJob bool
+	fingerprint       string
 }
 
 // Reuse says which jobs may share a credential minted under a rule.
@@ -135,6 +137,9 @@ type Decision struct {
 	AccessLevel int           // the rule's role for access tokens (default developer, 30)
 	Group       string        // set when the target is allowed through allow.groups: the group path containing the project
 	Reuse       Reuse         // which jobs may share the credential (the rule's reuse, default project)
+	// RequireRunningJob: the rule's require_running_job; the exchange
+	// refuses the ID token of a job that is no longer running.
+	RequireRunningJob bool
 	// RuleFingerprint identifies the matching rule's content (hex SHA-256):
 	// it changes when a reload changes the rule.
 	RuleFingerprint string
@@ -229,6 +234,7 @@ func (p *Policy) Evaluate(req Request) Decision {
 			d.AccessLevel = r.accessLevel
 			d.Group = o.group
 			d.Reuse = r.reuse
+			d.RequireRunningJob = r.requireRunningJob
 			d.RuleFingerprint = r.fingerprint
 			return d
 		}

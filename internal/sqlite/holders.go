@@ -139,6 +139,25 @@ func (s *Store) Holds(ctx context.Context, jobID string) ([]ledger.Holder, error
 	return hs, nil
 }
 
+// LiveHolds returns the holds of running jobs on live credentials.
+func (s *Store) LiveHolds(ctx context.Context, limit int) ([]ledger.Holder, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("sqlite: live holds: limit %d must be positive", limit)
+	}
+	rows, err := s.reader.QueryContext(ctx, `SELECT `+prefixed("h.", holderColumns)+`
+		FROM ledger_holders h JOIN ledger_records r ON r.id = h.ledger_id
+		WHERE h.released_at IS NULL AND r.state IN ('pending', 'active')
+		ORDER BY h.job_id, h.ledger_id LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: live holds: %w", err)
+	}
+	hs, err := scanHolders(rows)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: live holds: %w", err)
+	}
+	return hs, nil
+}
+
 // ReleaseJob lets go of a job's holds and returns the live credentials no
 // job holds any more.
 func (s *Store) ReleaseJob(ctx context.Context, jobID string, at time.Time) ([]string, error) {

@@ -499,3 +499,55 @@ func testConcurrentHoldRelease(t *testing.T, a, b ledger.Store) {
 		}
 	}
 }
+
+func testLiveHolds(t *testing.T, s ledger.Store) {
+	ctx := ctxFor(t)
+	for _, id := range []string{"l-b", "l-a", "l-pend", "l-revoked", "l-abandoned"} {
+		r := NewRecord(id, t0, t0)
+		r.JobID = "" // no first holder
+		mustCreate(t, s, r)
+	}
+	for _, id := range []string{"l-b", "l-a", "l-revoked"} {
+		mustActivate(t, s, id, t0.Add(time.Hour))
+	}
+	if err := s.MarkRevoked(ctx, "l-revoked", t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Abandon(ctx, "l-abandoned", "x"); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []ledger.Holder{
+		hold("l-b", "job-9", t0), hold("l-a", "job-9", t0.Add(time.Second)), hold("l-pend", "job-3", t0),
+		hold("l-revoked", "job-4", t0), hold("l-abandoned", "job-5", t0), hold("l-a", "job-6", t0),
+	} {
+		if err := s.AddHolder(ctx, h); err != nil && !errors.Is(err, ledger.ErrConflict) {
+			t.Fatalf("AddHolder(%s, %s): %v", h.LedgerID, h.JobID, err)
+		}
+	}
+	mustRelease(t, s, "job-6", t0.Add(time.Minute))
+	key := func(hs []ledger.Holder) []string {
+		var out []string
+		for _, h := range hs {
+			out = append(out, h.JobID+"/"+h.LedgerID)
+		}
+		return out
+	}
+	hs, err := s.LiveHolds(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// By job, then credential; released holds and dead records are left out.
+	want := []string{"job-3/l-pend", "job-9/l-a", "job-9/l-b"}
+	if got := key(hs); !slices.Equal(got, want) {
+		t.Fatalf("LiveHolds = %q, want %q", got, want)
+	}
+	checkHolder(t, hs[0], hold("l-pend", "job-3", t0))
+	if hs, err := s.LiveHolds(ctx, 2); err != nil || len(hs) != 2 {
+		t.Fatalf("LiveHolds(limit 2) = %d holds, %v", len(hs), err)
+	}
+	for _, limit := range []int{0, -1} {
+		if _, err := s.LiveHolds(ctx, limit); err == nil {
+			t.Errorf("LiveHolds(limit %d) succeeded", limit)
+		}
+	}
+}

@@ -71,6 +71,7 @@ func Run(t *testing.T, open func(t *testing.T) ledger.Store) {
 		{"AddHolderRefusesBadInput", testAddHolderRefusesBadInput},
 		{"Holds", testHolds},
 		{"ReleaseJob", testReleaseJob},
+		{"LiveHolds", testLiveHolds},
 		{"SealSecret", testSealSecret},
 		{"Reusable", testReusable},
 		{"ConcurrentHoldRelease", func(t *testing.T, s ledger.Store) { testConcurrentHoldRelease(t, s, s) }},
