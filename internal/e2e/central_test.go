@@ -108,7 +108,7 @@ func postgresDSN(t *testing.T) string {
 	return freshDatabase(t, dsn)
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

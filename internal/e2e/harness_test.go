@@ -64,7 +64,7 @@ type world struct {
 	botToken string
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	gl := gitlabfake.Start(t, gitlabfake.Options{})
 	w := &world{gl: gl, dir: t.TempDir()}
@@ -131,7 +131,7 @@ rules:
 
 // daemon is a running exchanged.
 type daemon struct {
-	t       *testing.T
+	t       testing.TB
 	cfgPath string
 	sock    string // the Unix socket, when it listens on one
 	url     string // GLTOKEN_DAEMON for clients
@@ -157,7 +157,7 @@ type daemonOpts struct {
 }
 
 // startDaemon writes a configuration in w.dir and starts exchanged on it.
-func (w *world) startDaemon(t *testing.T, o daemonOpts) *daemon {
+func (w *world) startDaemon(t testing.TB, o daemonOpts) *daemon {
 	t.Helper()
 	if o.policy == "" {
 		o.policy = e2ePolicy
@@ -316,7 +316,7 @@ func (d *daemon) exchange(idToken, resource, scope string) (*http.Response, stri
 
 // git runs the real git with only gltoken as credential helper.
 type gitEnv struct {
-	t       *testing.T
+	t       testing.TB
 	home    string
 	env     []string
 	helper  string
@@ -394,7 +394,7 @@ func (g *gitEnv) mustRun(dir string, args ...string) string {
 	return out
 }
 
-func writeFile(t *testing.T, path, content string, mode os.FileMode) {
+func writeFile(t testing.TB, path, content string, mode os.FileMode) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), mode); err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ const webhookSecret = "e2e-webhook-secret-0123456789abcdef"
 
 // jobEndDaemon starts a daemon on loopback TCP (GitLab's webhook posts to
 // it) with the webhook secret file, polling GitLab's jobs API every poll.
-func (w *world) jobEndDaemon(t *testing.T, poll string, webhook bool, policy string) *daemon {
+func (w *world) jobEndDaemon(t testing.TB, poll string, webhook bool, policy string) *daemon {
 	t.Helper()
 	extra := "  job_poll_interval: " + poll + "\n"
 	if webhook {

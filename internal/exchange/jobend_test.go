@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"testing"
@@ -56,5 +57,41 @@ func TestEndJobRevokesWhatOnlyItHeld(t *testing.T) {
 	a2, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
 	if err != nil || a2.AccessToken == a.AccessToken {
 		t.Fatalf("after job end: %v, same token %v", err, a2 != nil && a2.AccessToken == a.AccessToken)
+	}
+}
+
+// TestJobEndDuringMint: a job that ends while its credential is being
+// minted gets nothing, and the credential is revoked, not left to its TTL.
+func TestJobEndDuringMint(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.minter.block = make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+		done <- err
+	}()
+	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
+	// Wait for the intent, then end the job while GitLab is "working".
+	for {
+		if hs, _ := f.store.Holds(ctx, "12"); len(hs) == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if ended, err := r.EndJob(ctx, "12"); err != nil || len(ended) != 1 {
+		t.Fatalf("EndJob during the mint = %v, %v", ended, err)
+	}
+	close(f.minter.block)
+	err := <-done
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeInvalidGrant {
+		t.Fatalf("exchange of an ended job = %v, want invalid_grant", err)
+	}
+	if _, err := r.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.minter.liveCount(); n != 0 {
+		t.Fatalf("%d credential(s) live after the job ended during the mint", n)
 	}
 }

@@ -79,6 +79,15 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	if s.cfg.Scheduled != nil {
 		s.cfg.Scheduled(expires)
 	}
+	if s.jobEndedDuringMint(ctx, rec) {
+		// Job-end revocation found the intent still pending and left it; the
+		// reaper ends the credential now.
+		_ = s.store.RetryLater(ctx, id, s.cfg.Now(), "its job ended while it was minted")
+		if s.cfg.Scheduled != nil {
+			s.cfg.Scheduled(s.cfg.Now())
+		}
+		return nil, &Error{Code: CodeInvalidGrant, Description: fmt.Sprintf("job %s ended while its credential was minted; the credential is revoked", rec.JobID)}
+	}
 	cred.ExpiresAt = expires
 	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,
@@ -156,4 +165,22 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// jobEndedDuringMint reports whether every job holding the new credential
+// let go of it while GitLab minted it (a job event arrived meanwhile).
+func (s *Service) jobEndedDuringMint(ctx context.Context, rec ledger.Record) bool {
+	if rec.JobID == "" || rec.TokenExpiresAt.IsZero() {
+		return false
+	}
+	hs, err := s.store.Holders(ctx, rec.ID)
+	if err != nil || len(hs) == 0 {
+		return false
+	}
+	for _, h := range hs {
+		if h.Holding() {
+			return false
+		}
+	}
+	return true
 }
