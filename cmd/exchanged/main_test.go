@@ -159,6 +159,35 @@ func TestExplain(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "group_deploy_token on platform/tools") {
 		t.Fatalf("explain exit %d:\n%s", code, out)
 	}
+	// A deploy job without environment: the closest rule is the deploy rule
+	// (three checks passed), not a read rule that failed on the target.
+	write(`{"project_path":"platform/app","namespace_path":"platform","ref":"main","ref_protected":"true"}`)
+	code, out, _ = runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/deploy.git", "--scope", "read_repository,write_repository")
+	if code != 1 || !strings.Contains(out, `closest: rule "app-deploys": match.environment: claim missing`) {
+		t.Fatalf("explain of a deploy job without environment: exit %d:\n%s", code, out)
+	}
+	// The shipped deploy rule grants maintainer (it pushes the protected
+	// default branch); with developer, explain says the push would be refused.
+	write(`{"project_path":"platform/app","namespace_path":"platform","ref":"main","ref_protected":"true","environment":"production"}`)
+	code, out, _ = runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/deploy.git", "--scope", "read_repository,write_repository")
+	if code != 0 || !strings.Contains(out, "access level 40") || strings.Contains(out, "protected branches") {
+		t.Fatalf("explain of the shipped deploy rule: exit %d:\n%s", code, out)
+	}
+	polFile := filepath.Join(filepath.Dir(cfg), "policy.yaml")
+	pol, err := os.ReadFile(polFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(polFile, []byte(strings.Replace(string(pol), "access_level: maintainer", "access_level: developer", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = runCmd(t, "explain", "--config", cfg, "--claims", claims,
+		"--resource", "https://gitlab.example.com/platform/deploy.git", "--scope", "read_repository,write_repository")
+	if code != 0 || !strings.Contains(out, "GitLab refuses its pushes to protected branches") || !strings.Contains(out, `access_level: maintainer in rule "app-deploys"`) {
+		t.Fatalf("explain of a developer push rule: exit %d:\n%s", code, out)
+	}
 	if code, _, _ := runCmd(t, "explain", "--config", cfg); code != 2 {
 		t.Fatalf("explain without arguments: exit %d, want 2", code)
 	}

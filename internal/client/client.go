@@ -79,6 +79,7 @@ type Token struct {
 	AccessToken string // the secret
 	Username    string // the git/registry login that goes with it
 	Scope       string
+	AccessLevel int       // an access token's role (30 developer, 40 maintainer); 0 for deploy tokens
 	ExpiresIn   int64     // seconds, as the daemon said
 	ExpiresAt   time.Time // the client's clock at receipt + ExpiresIn
 	RequestID   string    // the daemon's X-Request-Id, if any
@@ -309,6 +310,7 @@ func (c *Client) Exchange(ctx context.Context, idToken, resource string, scopes 
 		ExpiresIn       json.Number `json:"expires_in"`
 		Scope           string      `json:"scope"`
 		Username        string      `json:"username"`
+		AccessLevel     int         `json:"access_level"`
 	}
 	if err := decodeJSON(resp, body, &r); err != nil {
 		return nil, fmt.Errorf("token answer: %w (request id %s)", err, orNone(reqID))
@@ -324,6 +326,7 @@ func (c *Client) Exchange(ctx context.Context, idToken, resource string, scopes 
 		AccessToken: r.AccessToken,
 		Username:    r.Username,
 		Scope:       r.Scope,
+		AccessLevel: r.AccessLevel,
 		ExpiresIn:   secs,
 		ExpiresAt:   received.Add(time.Duration(secs) * time.Second),
 		RequestID:   sanitize(reqID, 128),

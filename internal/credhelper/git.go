@@ -9,10 +9,12 @@ import (
 	"net/url"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
 
+	"gltoken.dev/gltoken/internal/client"
 	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitcred"
 )
@@ -141,7 +143,37 @@ func gitGet(ctx context.Context, s *settings, d *devSettings, scopes []string, s
 		return failf(stderr, "cannot answer git: %v", err)
 	}
 	s.trace("answered git with %s for %s", fingerprint.Short(tok.AccessToken), tok.Username)
+	if note := protectedBranchNote(tok); note != "" {
+		fmt.Fprintln(stderr, oneLine("gltoken: note: "+note))
+	}
 	return 0
+}
+
+// protectedBranchNote warns when a credential for pushing has a role below
+// maintainer: GitLab refuses its pushes to protected branches (the default
+// branch is protected, maintainers only, by default) with "You are not
+// allowed to push code to protected branches", which names neither the role
+// nor the policy.
+func protectedBranchNote(tok *client.Token) string {
+	if tok.AccessLevel <= 0 || tok.AccessLevel >= 40 || !slices.Contains(strings.Fields(tok.Scope), "write_repository") {
+		return ""
+	}
+	return fmt.Sprintf("this credential's role is %s (access level %d): GitLab refuses its pushes to protected branches (the default branch is protected for maintainers by default); to push there, the policy rule must grant access_level: maintainer",
+		roleName(tok.AccessLevel), tok.AccessLevel)
+}
+
+func roleName(level int) string {
+	switch level {
+	case 10:
+		return "guest"
+	case 15:
+		return "planner"
+	case 20:
+		return "reporter"
+	case 30:
+		return "developer"
+	}
+	return "below maintainer"
 }
 
 // gitErase revokes the password git rejected, so that the next get mints a

@@ -97,7 +97,10 @@ func TestPushNeedsWriteScope(t *testing.T) {
 	gw.mustRun(dep, "commit", "-m", "bump")
 	// A developer's token may not push to the protected default branch, as in
 	// GitLab; it may push a branch of its own.
-	if out, err := gw.run(dep, "push", "origin", "main"); err == nil || !strings.Contains(out, "protected branch") {
+	// The helper's note names the role and what to change.
+	if out, err := gw.run(dep, "push", "origin", "main"); err == nil || !strings.Contains(out, "protected branch") ||
+		!strings.Contains(out, "gltoken: note: this credential's role is developer (access level 30)") ||
+		!strings.Contains(out, "access_level: maintainer") {
 		t.Fatalf("push to protected main: err=%v\n%s", err, out)
 	}
 	gw.mustRun(dep, "push", "origin", "HEAD:refs/heads/deploy/bump")
@@ -203,5 +206,40 @@ func TestReaperRevokesAtTTL(t *testing.T) {
 			t.Fatal("no revocation audit event")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestShippedDeployExamplePushes plays contrib/gitlab-ci.yml's deploy job
+// under contrib/policy.yaml: a pipeline of platform/app on main, environment
+// production, clones platform/deploy and pushes its default branch, which the
+// stand-in protects as GitLab does (maintainers only).
+func TestShippedDeployExamplePushes(t *testing.T) {
+	pol, err := os.ReadFile("../../contrib/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := os.ReadFile("../../contrib/gitlab-ci.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scope := regexp.MustCompile(`(?m)^\s+GLTOKEN_SCOPE: "([^"]+)"`).FindSubmatch(ci)
+	if scope == nil {
+		t.Fatal("contrib/gitlab-ci.yml: no GLTOKEN_SCOPE in the deploy job")
+	}
+	if !strings.Contains(string(ci), `git commit -am "deploy ${CI_COMMIT_SHORT_SHA}" && git push origin HEAD`) {
+		t.Fatal("contrib/gitlab-ci.yml's deploy script changed: update this test")
+	}
+	w := newWorld(t)
+	d := w.startDaemon(t, daemonOpts{policy: string(pol)})
+	job := w.job("main", true, func(j *gitlabfake.Job) { j.Environment = "production" })
+	g := w.git(t, d, job, "GLTOKEN_SCOPE="+string(scope[1]))
+	g.mustRun("", "clone", w.gl.URL()+"/platform/deploy.git")
+	dep := filepath.Join(g.workDir, "deploy")
+	writeFile(t, filepath.Join(dep, "version"), "2\n", 0o644)
+	g.mustRun(dep, "add", ".")
+	g.mustRun(dep, "commit", "-m", "deploy abc123")
+	out := g.mustRun(dep, "push", "origin", "HEAD")
+	if strings.Contains(out, "gltoken: note") {
+		t.Fatalf("a maintainer's push printed the protected-branch note:\n%s", out)
 	}
 }

@@ -28,6 +28,7 @@ type cached struct {
 	ledgerID string
 	cred     Credential
 	scopes   []string
+	role     int // access tokens' access level (Issued.AccessLevel)
 }
 
 // NewCache returns an empty cache.

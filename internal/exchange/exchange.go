@@ -141,6 +141,9 @@ type Issued struct {
 	ExpiresAt   time.Time
 	Scopes      []string
 	Kind        ledger.Kind
+	// AccessLevel is an access token's role (GitLab access level, e.g. 30
+	// developer); 0 for deploy tokens, which have none.
+	AccessLevel int
 	LedgerID    string
 	Cached      bool
 }
@@ -247,7 +250,7 @@ func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 		}
 	}
 	return &Issued{AccessToken: c.cred.Secret, Username: c.cred.Username, ExpiresAt: c.cred.ExpiresAt,
-		Scopes: c.scopes, Kind: c.cred.Kind, LedgerID: c.ledgerID, Cached: true}, true
+		Scopes: c.scopes, Kind: c.cred.Kind, AccessLevel: c.role, LedgerID: c.ledgerID, Cached: true}, true
 }
 
 // Revoke ends the credential whose secret is token (RFC 7009). Unknown

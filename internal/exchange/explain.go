@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"gltoken.dev/gltoken/internal/policy"
@@ -62,6 +63,11 @@ func Explain(cfg Config, pol *policy.Policy, claims map[string]string, resource 
 	b.WriteString("\n")
 	if p.kind.AccessToken() {
 		fmt.Fprintf(&b, "role:      access level %d\n", p.role)
+		if p.role < 40 && slices.Contains(p.scopes, "write_repository") {
+			fmt.Fprintf(&b, "note:      access level %d is below maintainer: GitLab refuses its pushes to protected branches\n"+
+				"           (the default branch is protected, maintainers only, by default); to push there, grant\n"+
+				"           access_level: maintainer in rule %q\n", p.role, p.rule)
+		}
 	}
 	return b.String(), true, nil
 }

@@ -89,9 +89,13 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 		return nil, &Error{Code: CodeInvalidGrant, Description: fmt.Sprintf("job %s ended while its credential was minted; the credential is revoked", rec.JobID)}
 	}
 	cred.ExpiresAt = expires
-	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes}, s.cfg.Now())
+	role := 0
+	if cred.Kind.AccessToken() {
+		role = mreq.AccessLevel
+	}
+	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: role}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,
-		Scopes: mreq.Scopes, Kind: cred.Kind, LedgerID: id}, nil
+		Scopes: mreq.Scopes, Kind: cred.Kind, AccessLevel: role, LedgerID: id}, nil
 }
 
 // mintFailed settles an intent whose mint did not return a credential.

@@ -193,6 +193,9 @@ type tokenResponse struct {
 	ExpiresIn       int64  `json:"expires_in"`
 	Scope           string `json:"scope"`
 	Username        string `json:"username"`
+	// AccessLevel: an access token's role (30 developer, 40 maintainer), so
+	// the helper can warn that a developer cannot push protected branches.
+	AccessLevel int `json:"access_level,omitempty"`
 }
 
 func (a *api) token(w http.ResponseWriter, r *http.Request) {
@@ -259,6 +262,7 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 		ExpiresIn:       max(expiresIn, 0),
 		Scope:           strings.Join(granted.Scopes, " "),
 		Username:        granted.Username,
+		AccessLevel:     granted.AccessLevel,
 	})
 }
 

@@ -191,7 +191,7 @@ const (
 
 type outcome struct {
 	stage   int
-	matched int // match keys accepted before the failure (ranks claim failures)
+	matched int // checks passed before the failure (match keys, target, scopes): ranks closeness
 	failed  string
 	group   string
 }
@@ -238,7 +238,10 @@ func (p *Policy) Evaluate(req Request) Decision {
 			d.RuleFingerprint = r.fingerprint
 			return d
 		}
-		if o.stage > best.stage || (o.stage == best.stage && o.matched > best.matched) {
+		// The closest rule is the one that passed the most checks (a deploy
+		// rule failing only on environment beats a read rule failing on the
+		// target); among equals the one that got further, then the first.
+		if o.matched > best.matched || (o.matched == best.matched && o.stage > best.stage) {
 			best, bestRule = o, i
 		}
 	}
@@ -306,12 +309,12 @@ func (r *rule) evaluate(req Request, want scopeSet, q *quoter) outcome {
 		case len(r.groups) > 0:
 			what = "allow.projects/allow.groups"
 		}
-		return outcome{stage: stageTarget, failed: fmt.Sprintf("%s: %s not listed", what, req.Project)}
+		return outcome{stage: stageTarget, matched: len(r.match), failed: fmt.Sprintf("%s: %s not listed", what, req.Project)}
 	}
 	if missing := want &^ r.scopes; missing != 0 {
 		for _, s := range req.Scopes {
 			if bit, _ := scopeBit(s); missing&bit != 0 {
-				return outcome{stage: stageScopes, failed: fmt.Sprintf("allow.scopes: %s not allowed (allowed: %s)", s, strings.Join(r.scopeList, ", "))}
+				return outcome{stage: stageScopes, matched: len(r.match) + 1, failed: fmt.Sprintf("allow.scopes: %s not allowed (allowed: %s)", s, strings.Join(r.scopeList, ", "))}
 			}
 		}
 	}
@@ -319,7 +322,7 @@ func (r *rule) evaluate(req Request, want scopeSet, q *quoter) outcome {
 	// have served the request.
 	if !r.allowForks {
 		if why := forkMergeRequest(req.Claims); why != "" {
-			return outcome{stage: stageFork, failed: why}
+			return outcome{stage: stageFork, matched: len(r.match) + 2, failed: why}
 		}
 	}
 	return outcome{stage: stageAllowed, group: group}
