@@ -38,6 +38,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", "/etc/gltoken/exchanged.yaml", "")
 	claims := fs.String("claims", "", "")
+	idToken := fs.String("id-token", "", "")
 	resource := fs.String("resource", "", "")
 	scope := fs.String("scope", "", "")
 	online := fs.Bool("online", false, "")
@@ -61,7 +62,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return daemon.Check(ctx, *cfgPath, *online, stdout, stderr)
 	case "explain":
 		scopes := strings.FieldsFunc(*scope, func(r rune) bool { return r == ',' || r == ' ' })
-		return daemon.Explain(*cfgPath, *claims, *resource, scopes, stdin, stdout, stderr)
+		return daemon.Explain(*cfgPath, *claims, *idToken, *resource, scopes, stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "exchanged", version)
 		return 0

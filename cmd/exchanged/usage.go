@@ -6,7 +6,7 @@ const usage = `NAME
 SYNOPSIS
     exchanged [serve] --config FILE
     exchanged check   --config FILE [--online]
-    exchanged explain --config FILE --claims CLAIMS.json --resource URL --scope SCOPE[,SCOPE]
+    exchanged explain --config FILE (--claims CLAIMS.json | --id-token FILE) --resource URL --scope SCOPE[,SCOPE]
     exchanged version
 
 DESCRIPTION
@@ -43,6 +43,8 @@ OPTIONS
     --config FILE      The YAML configuration (see contrib/exchanged.yaml).
     --online           check: also ask GitLab about the service token.
     --claims FILE      explain: the ID token's claims as JSON ("-" for stdin).
+    --id-token FILE    explain: a raw ID token (the JWT, "-" for stdin), decoded
+                       WITHOUT verification (and labelled so) instead of --claims.
     --resource URL     explain: e.g. https://gitlab.example.com/platform/lib.git
     --scope SCOPES     explain: comma- or space-separated, e.g. read_repository
     -h, --help         This text.

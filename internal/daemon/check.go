@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -104,13 +107,18 @@ func checkServiceToken(ctx context.Context, cfg *config.Config, secret string) (
 		cfg.GitLab.TokenFile, info.Name, info.ID, strings.Join(info.Scopes, ","), expiry), nil
 }
 
-// Explain prints the policy's decision for the claims in claimsPath ("-":
+// Explain prints the policy's decision for the claims in claimsPath, or
+// those of the raw ID token in idTokenPath (decoded, never verified), ("-":
 // stdin), a resource URL and scopes, and returns the exit code (0 allowed,
 // 1 denied or failed, 2 usage).
-func Explain(cfgPath, claimsPath, resource string, scopes []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if claimsPath == "" || resource == "" || len(scopes) == 0 {
-		fmt.Fprintln(stderr, "exchanged explain: --claims, --resource and --scope are required (see exchanged --help)")
+func Explain(cfgPath, claimsPath, idTokenPath, resource string, scopes []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if (claimsPath == "") == (idTokenPath == "") || resource == "" || len(scopes) == 0 {
+		fmt.Fprintln(stderr, "exchanged explain: --resource, --scope and one of --claims or --id-token are required (see exchanged --help)")
 		return 2
+	}
+	what, path := "claims", claimsPath
+	if idTokenPath != "" {
+		what, path = "id token", idTokenPath
 	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
@@ -123,19 +131,36 @@ func Explain(cfgPath, claimsPath, resource string, scopes []string, stdin io.Rea
 		return 1
 	}
 	var raw []byte
-	if claimsPath == "-" {
+	if path == "-" {
 		raw, err = io.ReadAll(io.LimitReader(stdin, 1<<20))
 	} else {
-		raw, err = os.ReadFile(claimsPath)
+		raw, err = os.ReadFile(path)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "exchanged explain: claims: %v\n", err)
+		fmt.Fprintf(stderr, "exchanged explain: %s: %v\n", what, err)
 		return 1
+	}
+	if idTokenPath != "" {
+		if raw, err = jwtPayload(raw); err != nil {
+			fmt.Fprintf(stderr, "exchanged explain: id token %s: %v\n", idTokenPath, err)
+			return 1
+		}
 	}
 	claims, err := idtoken.ParseClaims(raw)
 	if err != nil {
-		fmt.Fprintf(stderr, "exchanged explain: claims %s: %v\n", claimsPath, err)
+		fmt.Fprintf(stderr, "exchanged explain: %s %s: %v\n", what, path, err)
 		return 1
+	}
+	if idTokenPath != "" {
+		fmt.Fprintln(stdout, "claims:    decoded from the ID token WITHOUT verification (signature, issuer, audience and expiry")
+		fmt.Fprintln(stdout, "           are not checked: the daemon checks them on a real exchange)")
+		var times struct {
+			Exp json.Number `json:"exp"`
+		}
+		_ = json.Unmarshal(raw, &times)
+		if exp, err := strconv.ParseInt(times.Exp.String(), 10, 64); err == nil && time.Unix(exp, 0).Before(time.Now()) {
+			fmt.Fprintf(stdout, "note:      this ID token expired at %s: the daemon would refuse it\n", time.Unix(exp, 0).UTC().Format(time.RFC3339))
+		}
 	}
 	out, allowed, err := exchange.Explain(exchange.Config{GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D()},
 		pol, claims, resource, scopes)
@@ -148,4 +173,18 @@ func Explain(cfgPath, claimsPath, resource string, scopes []string, stdin io.Rea
 		return 1
 	}
 	return 0
+}
+
+// jwtPayload returns the decoded payload of a compact JWS (header.payload.
+// signature), without verifying anything. It never echoes the token.
+func jwtPayload(raw []byte) ([]byte, error) {
+	parts := strings.Split(strings.TrimSpace(string(raw)), ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("not a JWT (want three dot-separated parts, got %d); for a JSON object of claims use --claims", len(parts))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return nil, fmt.Errorf("the payload is not base64url: %v", err)
+	}
+	return payload, nil
 }
