@@ -95,3 +95,32 @@ func TestJobEndDuringMint(t *testing.T) {
 		t.Fatalf("%d credential(s) live after the job ended during the mint", n)
 	}
 }
+
+// TestSharedCredentialEndsWithItsLastJob: a credential two jobs hold (as
+// reuse hands it out) survives the first job's end and is revoked at the
+// last one's.
+func TestSharedCredentialEndsWithItsLastJob(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a, err := f.exchange("job-token", "https://gitlab.example.com/platform/lib.git", "read_repository")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.AddHolder(ctx, ledger.Holder{LedgerID: a.LedgerID, JobID: "13", ProjectID: "7",
+		TokenExpiresAt: f.clock.Now().Add(time.Hour), HeldSince: f.clock.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
+	if ended, err := r.EndJob(ctx, "12"); err != nil || len(ended) != 0 {
+		t.Fatalf("EndJob(first holder) = %v, %v; want nothing ended", ended, err)
+	}
+	if rec, _ := f.store.Get(ctx, a.LedgerID); rec.State != ledger.Active || f.minter.liveCount() != 1 {
+		t.Fatalf("after the first job's end: %s, live %d; want active", rec.State, f.minter.liveCount())
+	}
+	if ended, err := r.EndJob(ctx, "13"); err != nil || !slices.Equal(ended, []string{a.LedgerID}) {
+		t.Fatalf("EndJob(last holder) = %v, %v", ended, err)
+	}
+	if rec, _ := f.store.Get(ctx, a.LedgerID); rec.State != ledger.Revoked || f.minter.liveCount() != 0 {
+		t.Fatalf("after the last job's end: %s, live %d; want revoked", rec.State, f.minter.liveCount())
+	}
+}

@@ -194,7 +194,8 @@ func (w *JobWatch) Run(ctx context.Context) {
 }
 
 // PollOnce asks GitLab about each job that holds a live credential and was
-// not heard of recently (Interval; HookQuiet after a webhook said it runs),
+// not heard of recently (half an Interval, so each poll asks again about
+// what the last one found running; HookQuiet after a webhook said it runs),
 // one call per job, at most Concurrency at a time, and ends those that
 // finished. It returns how many jobs it asked about. A 5xx, a timeout or a
 // 429 ends nothing: the job is asked about again at the next poll. A 403 or
@@ -217,7 +218,9 @@ func (w *JobWatch) PollOnce(ctx context.Context) (int, error) {
 		}
 		live[h.JobID] = true
 		s, ok := w.seen[h.JobID]
-		quiet := w.cfg.Interval
+		// Heard of since the last poll (half an interval, so that the
+		// ticker's jitter never skips a poll): not asked again yet.
+		quiet := w.cfg.Interval / 2
 		if ok && s.byHook {
 			quiet = w.cfg.HookQuiet
 		}
