@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,7 @@ type Daemon struct {
 	reaper   *exchange.Reaper
 	sweeper  *exchange.Sweeper
 	jobs     *exchange.JobWatch
+	webhook  atomic.Pointer[string] // the webhook's secret, "" when none
 	keeper   *svctoken.Keeper
 	srv      *httpapi.Server
 	cancel   context.CancelFunc
@@ -89,6 +91,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if err != nil {
 		return nil, step("webhook secret", err)
 	}
+	d.webhook.Store(&webhookSecret)
 	hc, err := gitlab.NewHTTPClient(cfg.GitLab.CAFile)
 	if err != nil {
 		return nil, step("gitlab.ca_file", err)
@@ -168,7 +171,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		Metrics: m.Handler(),
 		Guard:   httpapi.NewFailureGuard(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst, 0),
 		Limited: m.Limited,
-		Events:  d.jobs, WebhookSecret: webhookSecret,
+		Events:  d.jobs, WebhookSecret: func() string { return *d.webhook.Load() },
 		Logger: log,
 	})
 	tlsFiles := &httpapi.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile}
@@ -273,6 +276,14 @@ func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
 				logWarnings(d.log, p)
 			}
 			_ = d.keeper.Reload(ctx) // a refused file is logged; the token in force stays
+			if d.cfg.GitLab.WebhookSecretFile != "" {
+				if s, err := d.cfg.ReadWebhookSecret(); err != nil {
+					d.log.Error("webhook secret reload refused; the secret in force stays", "error", err.Error())
+				} else {
+					d.webhook.Store(&s)
+					d.log.Info("webhook secret reloaded", "file", d.cfg.GitLab.WebhookSecretFile)
+				}
+			}
 			// An emergency key rotation at GitLab: drop removed keys now.
 			if err := d.verifier.Refresh(ctx); err != nil {
 				d.log.Error("JWKS refresh on SIGHUP failed; the key set in force stays", "error", err.Error())

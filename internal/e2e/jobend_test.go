@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,6 +135,19 @@ func TestWebhookWithoutTheSecretChangesNothing(t *testing.T) {
 	if strings.Contains(d.logs.String(), webhookSecret) {
 		t.Fatal("the daemon logged the webhook secret")
 	}
+
+	// SIGHUP reads the secret file again: now the first hook's token is right.
+	writeFile(t, filepath.Join(w.dir, "webhook-secret"), webhookSecret+"-not\n", 0o600)
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, d, "webhook secret reloaded")
+	mustExchange(t, w, d, w.job("main", true, jobWith(7202)))
+	waitLive(t, w, d, 2, 0)
+	if err := w.gl.EndJob(7202, "success"); err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, w, d, 1, 20*time.Second)
 }
 
 const runningPolicy = `

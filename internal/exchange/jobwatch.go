@@ -213,7 +213,8 @@ func (w *JobWatch) PollOnce(ctx context.Context) (int, error) {
 	live := map[string]bool{}
 	w.mu.Lock()
 	for _, h := range holds {
-		if live[h.JobID] {
+		if live[h.JobID] || h.ProjectID == "" {
+			// Once per job; a hold that names no project cannot be looked up.
 			continue
 		}
 		live[h.JobID] = true

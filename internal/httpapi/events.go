@@ -38,12 +38,16 @@ type jobHook struct {
 // are acted on; push events and every other kind are answered 200 and
 // ignored, so GitLab does not count them as failures and disable the hook.
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
-	if a.Events == nil || a.WebhookSecret == "" {
+	secret := ""
+	if a.WebhookSecret != nil {
+		secret = a.WebhookSecret()
+	}
+	if a.Events == nil || secret == "" {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "GitLab events are not enabled on this daemon (set gitlab.webhook_secret_file)"})
 		return
 	}
 	got := sha256.Sum256([]byte(r.Header.Get("X-Gitlab-Token")))
-	want := sha256.Sum256([]byte(a.WebhookSecret))
+	want := sha256.Sum256([]byte(secret))
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		if a.Guard != nil {
 			a.Guard.Failed(peerOf(r))

@@ -48,7 +48,7 @@ func TestGitLabEvents(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := &fakeEvents{}
-			h := Handler(Options{Service: &fakeService{}, Events: ev, WebhookSecret: secret})
+			h := Handler(Options{Service: &fakeService{}, Events: ev, WebhookSecret: func() string { return secret }})
 			req := httptest.NewRequest(http.MethodPost, "/v1/gitlab/events", strings.NewReader(tc.body))
 			req.Header.Set("X-Gitlab-Event", tc.event)
 			req.Header.Set("Content-Type", tc.ctype)

@@ -48,9 +48,10 @@ type Options struct {
 	// Events takes GitLab's job events at POST /v1/gitlab/events, which
 	// answers 404 unless both Events and WebhookSecret are set.
 	Events JobEvents
-	// WebhookSecret is the X-Gitlab-Token GitLab's webhook must send. It
-	// MUST NOT be logged.
-	WebhookSecret string
+	// WebhookSecret returns the X-Gitlab-Token GitLab's webhook must send
+	// (read at each event, so a reload takes effect); "" disables the
+	// endpoint. It MUST NOT be logged.
+	WebhookSecret func() string
 	Logger        *slog.Logger
 	Now           func() time.Time
 }
