@@ -55,7 +55,7 @@ func waitLive(t *testing.T, w *world, d *daemon, n int, limit time.Duration) tim
 
 // waitLog waits until the daemon has logged want (it logs after GitLab
 // answered, so a moment after the stand-in shows the effect).
-func waitLog(t *testing.T, d *daemon, want string) {
+func waitLog(t testing.TB, d *daemon, want string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(d.logs.String(), want) {
