@@ -29,7 +29,10 @@ func contribConfig(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := strings.ReplaceAll(string(cfg), "/etc/gltoken/gitlab-token", filepath.Join(dir, "gitlab-token"))
+	// As under systemd: the LoadCredential= copy in $CREDENTIALS_DIRECTORY is
+	// dir/gitlab-token; the writable token file is taken from it.
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	c := strings.ReplaceAll(string(cfg), "/var/lib/gltoken/gitlab-token", filepath.Join(dir, "state-token"))
 	c = strings.ReplaceAll(c, "/var/lib/gltoken/state.db", filepath.Join(dir, "state.db"))
 	for name, data := range map[string]string{"exchanged.yaml": c, "policy.yaml": string(pol), "gitlab-token": "glpat-example\n"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {

@@ -52,7 +52,10 @@ OPTIONS
 FILES
     /etc/gltoken/exchanged.yaml    configuration
     /etc/gltoken/policy.yaml       trust policy (policy_file)
-    /etc/gltoken/gitlab-token      service account token (gitlab.token_file, mode 0600 or
+    /etc/gltoken/gitlab-token      service account token as installed (mode 0600 root); the
+                                   systemd unit hands it over with LoadCredential= as
+                                   $CREDENTIALS_DIRECTORY/gitlab-token (gitlab.initial_token_file)
+    /var/lib/gltoken/gitlab-token  the token in force (gitlab.token_file, mode 0600 or
                                    stricter; rotated in place, so its directory must be
                                    writable by the daemon unless gitlab.rotation.enabled is false)
     /run/gltoken/exchanged.sock    default Unix socket

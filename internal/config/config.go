@@ -4,8 +4,10 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -58,10 +60,17 @@ type GitLab struct {
 	// Issuer is the exact iss of ID tokens when an administrator changed
 	// GitLab's ci_id_tokens.issuer_url; default URL. Keys still come only
 	// from {url}/oauth/discovery/keys.
-	Issuer      string `yaml:"issuer"`
-	TokenFile   string `yaml:"token_file"`
-	RegistryURL string `yaml:"registry_url"`
-	CAFile      string `yaml:"ca_file"`
+	Issuer    string `yaml:"issuer"`
+	TokenFile string `yaml:"token_file"`
+	// InitialTokenFile is a read-only source of the service token, such as
+	// systemd's $CREDENTIALS_DIRECTORY/gitlab-token (LoadCredential=;
+	// $CREDENTIALS_DIRECTORY is expanded). Its token is copied into
+	// token_file when token_file does not exist yet or the source holds a
+	// token not copied before (an operator installed a new one); otherwise
+	// token_file, which the daemon rotates, stays in force.
+	InitialTokenFile string `yaml:"initial_token_file"`
+	RegistryURL      string `yaml:"registry_url"`
+	CAFile           string `yaml:"ca_file"`
 	// Rotation of the service token by itself before it expires.
 	Rotation Rotation `yaml:"rotation"`
 	// WebhookSecretFile holds the secret GitLab's webhook sends in
@@ -272,10 +281,24 @@ func (c *Config) resolvePaths(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	// Secrets handed over by systemd's LoadCredential= live in
+	// $CREDENTIALS_DIRECTORY: the only variable expanded, in these keys.
+	cred := func(p *string) {
+		*p = os.Expand(*p, func(v string) string {
+			if d := os.Getenv(v); v == "CREDENTIALS_DIRECTORY" && d != "" {
+				return d
+			}
+			return "${" + v + "}" // left for validate to name
+		})
+	}
+	cred(&c.TLS.KeyFile)
+	cred(&c.TLS.CertFile)
+	cred(&c.GitLab.InitialTokenFile)
 	abs(&c.TLS.CertFile)
 	abs(&c.TLS.KeyFile)
 	abs(&c.TLS.ClientCAFile)
 	abs(&c.GitLab.TokenFile)
+	abs(&c.GitLab.InitialTokenFile)
 	abs(&c.GitLab.CAFile)
 	abs(&c.GitLab.WebhookSecretFile)
 	abs(&c.PolicyFile)
@@ -406,6 +429,16 @@ func (c *Config) validate(d *decoder) {
 	if c.GitLab.TokenFile == "" {
 		add("gitlab.token_file", "gitlab.token_file is required: the service account token is never written inline")
 	}
+	for _, k := range []struct{ key, val string }{{"gitlab.initial_token_file", c.GitLab.InitialTokenFile}, {"tls.key_file", c.TLS.KeyFile}, {"tls.cert_file", c.TLS.CertFile}} {
+		if strings.Contains(k.val, "${CREDENTIALS_DIRECTORY}") {
+			add(k.key, "%s: %q: $CREDENTIALS_DIRECTORY is not set; systemd sets it for a unit with LoadCredential= (contrib/systemd/exchanged.service): run under it, or name the file itself", k.key, k.val)
+		} else if strings.Contains(k.val, "${") {
+			add(k.key, "%s: %q: only $CREDENTIALS_DIRECTORY is expanded", k.key, k.val)
+		}
+	}
+	if f := c.GitLab.InitialTokenFile; f != "" && f == c.GitLab.TokenFile {
+		add("gitlab.initial_token_file", "gitlab.initial_token_file must differ from gitlab.token_file (it is the read-only source the token file is filled from)")
+	}
 	if d := c.GitLab.JobPollInterval.D(); d < 5*time.Second || d > time.Minute {
 		add("gitlab.job_poll_interval", "gitlab.job_poll_interval: %s: must be between 5s and 60s (a job's credentials are revoked within about one interval of its end)", d)
 	}
@@ -491,5 +524,11 @@ func (c *Config) ReadWebhookSecret() (string, error) {
 // refuses a file anyone but its owner may read (0600 or stricter), and never
 // echoes the content.
 func (c *Config) ReadToken() (string, error) {
+	if c.GitLab.InitialTokenFile != "" {
+		if _, err := os.Stat(c.GitLab.TokenFile); errors.Is(err, fs.ErrNotExist) {
+			// Not copied yet: the daemon takes it at start-up.
+			return svctoken.ReadFile(c.GitLab.InitialTokenFile)
+		}
+	}
 	return svctoken.ReadFile(c.GitLab.TokenFile)
 }

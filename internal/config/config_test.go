@@ -11,9 +11,17 @@ import (
 
 // TestLoadShippedExample loads contrib/exchanged.yaml, the file users copy.
 func TestLoadShippedExample(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	if _, err := Load("../../contrib/exchanged.yaml"); err == nil || !strings.Contains(err.Error(), "$CREDENTIALS_DIRECTORY is not set") {
+		t.Fatalf("Load outside systemd: %v, want $CREDENTIALS_DIRECTORY named", err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/exchanged.service")
 	c, err := Load("../../contrib/exchanged.yaml")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.GitLab.InitialTokenFile != "/run/credentials/exchanged.service/gitlab-token" || c.GitLab.TokenFile != "/var/lib/gltoken/gitlab-token" {
+		t.Fatalf("token files: initial %q, token %q", c.GitLab.InitialTokenFile, c.GitLab.TokenFile)
 	}
 	if c.GitLab.URL != "https://gitlab.example.com" || c.Audience != "https://gltoken.example.com" ||
 		c.Store.Driver != "sqlite" || c.MaxTTL.D() != 12*time.Hour || c.ReaperInterval.D() != 10*time.Second {

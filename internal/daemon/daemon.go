@@ -127,6 +127,15 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if err != nil {
 		return nil, step("gitlab client", err)
 	}
+	if seed := cfg.GitLab.InitialTokenFile; seed != "" {
+		took, err := svctoken.TakeSeed(seed, cfg.GitLab.TokenFile)
+		if err != nil {
+			return nil, step("gitlab.initial_token_file", err)
+		}
+		if took {
+			log.Info("service token taken from gitlab.initial_token_file", "from", seed, "file", cfg.GitLab.TokenFile)
+		}
+	}
 	if d.keeper, err = newKeeper(cfg, minter, d.store, log, m); err != nil {
 		return nil, step("service account token", err)
 	}

@@ -18,7 +18,7 @@ const maxTokenLen = 1024
 func ReadFile(path string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return "", fmt.Errorf("service token file: %w", err)
+		return "", fmt.Errorf("service token file: %w", WithUser(err))
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("service token file %s: not a regular file", path)
@@ -28,7 +28,7 @@ func ReadFile(path string) (string, error) {
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("service token file: %w", err)
+		return "", fmt.Errorf("service token file: %w", WithUser(err))
 	}
 	tok := strings.TrimSpace(string(data))
 	if tok == "" {
@@ -53,7 +53,7 @@ type pendingWrite struct {
 func prepareWrite(path string) (*pendingWrite, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
 	if err != nil {
-		return nil, fmt.Errorf("prepare the new token file next to %s: %w", path, err)
+		return nil, fmt.Errorf("prepare the new token file next to %s: %w", path, WithUser(err))
 	}
 	if err := f.Chmod(0o600); err != nil {
 		f.Close()
