@@ -195,8 +195,13 @@ func describe(err error) string {
 
 func advice(e *client.Error) string {
 	switch {
+	case e.Code == "invalid_grant" && strings.Contains(strings.ToLower(e.Description), "aud"):
+		// Only where the audience was the problem.
+		return "the job's ID token was refused: check that its aud (id_tokens: … aud:) is the daemon's audience"
+	case e.Code == "invalid_grant" && strings.Contains(strings.ToLower(e.Description), "expired"):
+		return "the job's ID token was refused: the job has outlived it (an ID token lives as long as the job's timeout)"
 	case e.Code == "invalid_grant":
-		return "the job's ID token was refused: check that its aud (id_tokens: … aud:) is the daemon's audience and that the job has not outlived it"
+		return "the job's ID token was refused; the daemon's log has the detail under the request id"
 	case e.Code == "invalid_target":
 		return "the trust policy does not grant this job that resource: ask the gltoken administrator for a rule (exchanged explain shows which check failed)"
 	case e.Code == "invalid_scope":

@@ -1,6 +1,8 @@
 package exchange
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"log/slog"
 	"time"
 
@@ -91,4 +93,13 @@ func (e *auditEvent) attrs() []slog.Attr {
 	str("peer", e.Peer)
 	a = append(a, slog.Float64("duration_ms", float64(e.Duration.Microseconds())/1000))
 	return a
+}
+
+// backgroundID is the request id of an audit event no client asked for (the
+// reaper's revocations, the sweep's): "reaper-" and 16 hex digits, so that
+// every audit event can be named by its request id.
+func backgroundID(who string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return who + "-" + hex.EncodeToString(b[:])
 }

@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -588,5 +589,42 @@ func TestExplainAndExchangeAgree(t *testing.T) {
 				t.Errorf("exchange minted %s with access level %d, want %s with %d", last.Kind, last.AccessLevel, tt.kind, tt.role)
 			}
 		})
+	}
+}
+
+// TestReaperEventsCarryARequestID: a revocation no client asked for still has
+// a request id in the audit log ("reaper-…"), one per event.
+func TestReaperEventsCarryARequestID(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, res := range []string{"https://gitlab.example.com/platform/lib.git", "https://gitlab.example.com/platform/libs/one.git"} {
+		if _, err := f.exchange("job-token", res, "read_repository"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs strings.Builder
+	r := NewReaper(ReaperConfig{Now: f.clock.Now, Audit: slog.New(slog.NewJSONHandler(&logs, nil))}, f.store, f.minter, f.svc.Cache())
+	f.clock.Add(24 * time.Hour)
+	if n, _ := r.RunOnce(ctx); n != 2 {
+		t.Fatalf("reaper settled %d, want 2", n)
+	}
+	ids := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var ev struct {
+			RequestID string `json:"request_id"`
+			Msg       string `json:"msg"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Msg == "revocation" {
+			if !strings.HasPrefix(ev.RequestID, "reaper-") || len(ev.RequestID) != len("reaper-")+16 {
+				t.Fatalf("revocation event with request_id %q:\n%s", ev.RequestID, line)
+			}
+			ids[ev.RequestID] = true
+		}
+	}
+	if len(ids) != 2 {
+		t.Fatalf("%d distinct request ids for 2 revocations:\n%s", len(ids), logs.String())
 	}
 }

@@ -165,7 +165,7 @@ func (s *Sweeper) SweepOnce(ctx context.Context) (int, error) {
 				continue
 			}
 			ref := TokenRef{Kind: o.Kind, Owner: o.Owner, GitLabID: t.GitLabID}
-			ev := auditEvent{Outcome: "escaped_revoked", Kind: o.Kind, GitLabID: t.GitLabID}
+			ev := auditEvent{RequestID: backgroundID("sweep"), Outcome: "escaped_revoked", Kind: o.Kind, GitLabID: t.GitLabID}
 			if rec.ID != "" {
 				ev.fromRecord(rec)
 				ev.GitLabID = t.GitLabID

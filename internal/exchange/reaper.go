@@ -224,7 +224,7 @@ func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string
 	if r.cache != nil {
 		r.cache.forgetLedgerID(rec.ID)
 	}
-	ev := auditEvent{Outcome: outcome}
+	ev := auditEvent{RequestID: backgroundID("reaper"), Outcome: outcome}
 	ev.fromRecord(rec)
 	if err != nil {
 		delay := r.backoff(rec.Attempts + 1)
@@ -288,7 +288,7 @@ func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record) (string, erro
 // escaped records successors of rec's token that rotated themselves out of
 // the ledger and were revoked with it.
 func (r *Reaper) escaped(ctx context.Context, rec ledger.Record, n int) {
-	ev := auditEvent{Outcome: "escaped_revoked", Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", n)}
+	ev := auditEvent{RequestID: backgroundID("reaper"), Outcome: "escaped_revoked", Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", n)}
 	ev.fromRecord(rec)
 	for range n {
 		r.obs.Revoked(rec.Kind, "escaped")
