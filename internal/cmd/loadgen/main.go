@@ -81,7 +81,7 @@ const policyYAML = `rules:
 
 type daemon struct {
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	logs *syncBuffer
 	sock string
 	hc   *http.Client
 }
@@ -106,8 +106,10 @@ func start(bin, dir, glURL, botToken, extra string, clients int) (*daemon, error
 			return nil, err
 		}
 	}
-	d := &daemon{logs: &bytes.Buffer{}, sock: sock, hc: unixClient(sock, clients)}
+	d := &daemon{logs: &syncBuffer{}, sock: sock, hc: unixClient(sock, clients)}
 	d.cmd = exec.Command(filepath.Join(bin, "exchanged"), "serve", "--config", filepath.Join(dir, "exchanged.yaml"))
+	// gctrace only writes to stderr; it changes nothing the daemon does.
+	d.cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
@@ -250,16 +252,94 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 	for _, t := range jobs(mints) {
 		reqs = append(reqs, request{t, repo("platform/lib2"), "read_repository"})
 	}
+	gc0, cpu0, self0 := gcLines(lifted.logs), procCPU(lifted.cmd.Process.Pid), selfCPU()
 	m := drive(lifted.hc, reqs, workers, 3*time.Minute)
+	gcs, pause := gcSince(lifted.logs, gc0)
+	dcpu, scpu := procCPU(lifted.cmd.Process.Pid)-cpu0, selfCPU()-self0
 	m.print(fmt.Sprintf("mint latency: %d distinct-job mints", mints))
 	lo, hi := m.seconds()
 	fmt.Printf("    p50 %s  p99 %s  max %s; slowest whole second %d mints, fastest %d\n",
 		m.pct(.50), m.pct(.99), m.pct(1), lo, hi)
+	fmt.Printf("    CPU in %.1fs wall: exchanged %.1fs (%.2f ms a mint), loadgen+stand-in %.1fs, of 2 cores = %.1fs; daemon GCs %d, stop-the-world %s in all\n",
+		m.wall.Seconds(), dcpu.Seconds(), dcpu.Seconds()*1000/float64(len(m.lat)), scpu.Seconds(), 2*m.wall.Seconds(), gcs, pause.Round(10*time.Microsecond))
 	rss, hwm := procMem(lifted.cmd.Process.Pid)
 	fmt.Printf("  daemon memory (exchanged process, /proc/%d/status) with %d ledger rows + %d live credentials: VmRSS %s, VmHWM %s (target <= 64 MiB)\n",
 		lifted.cmd.Process.Pid, rows, len(m.lat)+len(distinct.lat)+1, rss, hwm)
 
 	return fillTimes(bin, dir, gl.URL(), lifted.sock, shared, fills)
+}
+
+// syncBuffer is the daemon's output, written by exec's copier while loadgen
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// gcLines counts the gctrace lines the daemon wrote so far.
+func gcLines(b *syncBuffer) int { n, _ := gcSince(b, 0); return n }
+
+// gcSince counts the gctrace lines after the first skip and sums their
+// stop-the-world phases ("gc N @t s P%: A+B+C ms clock": A and C are STW).
+func gcSince(b *syncBuffer, skip int) (n int, stw time.Duration) {
+	for _, l := range strings.Split(b.String(), "\n") {
+		if !strings.HasPrefix(l, "gc ") || !strings.Contains(l, "ms clock") {
+			continue
+		}
+		n++
+		if n <= skip {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) < 5 {
+			continue
+		}
+		parts := strings.Split(f[4], "+")
+		if len(parts) == 3 {
+			for _, p := range []string{parts[0], parts[2]} {
+				var ms float64
+				_, _ = fmt.Sscan(p, &ms)
+				stw += time.Duration(ms * float64(time.Millisecond))
+			}
+		}
+	}
+	return n - skip, stw
+}
+
+// procCPU is the user+system CPU time of process pid.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var u, s int64
+	_, _ = fmt.Sscan(f[11], &u)
+	_, _ = fmt.Sscan(f[12], &s)
+	return time.Duration(u+s) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func deployCreates(gl *gitlabfake.Server, prefix string) int {
