@@ -81,6 +81,13 @@ type GitLab struct {
 	// 30s, between 5s and 60s): a job's credentials are revoked within about
 	// one interval of its end, with or without the webhook.
 	JobPollInterval Duration `yaml:"job_poll_interval"`
+	// APIBudgetPerMinute caps the daemon's calls to GitLab's API (all of
+	// them: mints, revocations, lookups, family listings, job polls, the
+	// service token's checks and rotation). Default 1500, below gitlab.com's
+	// 2,000 a minute; a fifth of it is reserved for revocations. When it is
+	// spent, new mints are answered 429 with Retry-After while credentials
+	// already cached are still served.
+	APIBudgetPerMinute int `yaml:"api_budget_per_minute"`
 }
 
 // Rotation tunes the service token's self-rotation (POST
@@ -355,6 +362,9 @@ func (c *Config) defaults() {
 	if c.GitLab.JobPollInterval == 0 {
 		c.GitLab.JobPollInterval = Duration(30 * time.Second)
 	}
+	if c.GitLab.APIBudgetPerMinute == 0 {
+		c.GitLab.APIBudgetPerMinute = 1500
+	}
 	if c.GitLab.Rotation.ProbeAfter == 0 {
 		c.GitLab.Rotation.ProbeAfter = Duration(5 * time.Minute)
 	}
@@ -441,6 +451,9 @@ func (c *Config) validate(d *decoder) {
 	}
 	if d := c.GitLab.JobPollInterval.D(); d < 5*time.Second || d > time.Minute {
 		add("gitlab.job_poll_interval", "gitlab.job_poll_interval: %s: must be between 5s and 60s (a job's credentials are revoked within about one interval of its end)", d)
+	}
+	if c.GitLab.APIBudgetPerMinute < 0 {
+		add("gitlab.api_budget_per_minute", "gitlab.api_budget_per_minute: %d: must be positive (default 1500, below gitlab.com's 2,000 a minute)", c.GitLab.APIBudgetPerMinute)
 	}
 	if c.GitLab.RegistryURL != "" {
 		if u, err := url.Parse(c.GitLab.RegistryURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

@@ -106,7 +106,13 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if d.store, err = OpenStore(d.ctx, cfg); err != nil {
 		return nil, step("ledger", err)
 	}
+	// One GitLab API budget for every call the daemon makes to GitLab.
+	budget := gitlab.NewBudget(cfg.GitLab.APIBudgetPerMinute, nil)
 	m := metrics.New(metrics.Sources{
+		GitLabBudget: func() (int, int, uint64, uint64, uint64) {
+			st := budget.Stats()
+			return st.PerMinute, st.Remaining, st.Sent, st.Refused, st.Paused
+		},
 		LiveTokens: d.store.CountActive,
 		Overdue: func(ctx context.Context) (int, error) {
 			// The promise: revoked by its TTL plus one reaper interval.
@@ -123,7 +129,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	// The service token in force comes from the keeper, which rotates it;
 	// the GitLab client reads it at each request.
 	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, TokenSource: func() string { return d.keeper.Token() },
-		HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse})
+		HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse, Budget: budget})
 	if err != nil {
 		return nil, step("gitlab client", err)
 	}

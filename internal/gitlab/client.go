@@ -53,6 +53,11 @@ type Config struct {
 	// Retries is how many times a GET or DELETE is retried after a 5xx or a
 	// connection error (default 2; negative: never). Creates are never retried.
 	Retries int
+	// Budget, when set, is the GitLab API budget every HTTP attempt takes a
+	// unit of (shared by the Clients given the same Budget). Default: a
+	// budget of DefaultBudgetPerMinute of the Client's own.
+	Budget *Budget
+
 	// RetryWait is the first backoff of those retries, doubled each time and
 	// capped at 2 s (default 250 ms).
 	RetryWait time.Duration
@@ -71,9 +76,13 @@ type Client struct {
 	log        *slog.Logger
 	onResponse func(method, route string, status int)
 	notFound   notFoundCache
+	budget     *Budget
 }
 
 var _ exchange.Minter = (*Client)(nil)
+
+// Budget is the GitLab API budget the Client spends.
+func (c *Client) Budget() *Budget { return c.budget }
 
 // New builds a Client. It does not contact GitLab (see Ping).
 func New(cfg Config) (*Client, error) {
@@ -90,9 +99,13 @@ func New(cfg Config) (*Client, error) {
 		now:        cfg.Now,
 		log:        cfg.Logger,
 		onResponse: cfg.OnResponse,
+		budget:     cfg.Budget,
 	}
 	if c.now == nil {
 		c.now = time.Now
+	}
+	if c.budget == nil {
+		c.budget = NewBudget(0, c.now)
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -143,6 +156,8 @@ func New(cfg Config) (*Client, error) {
 		// wait (RetryAfterError). Setting a limiter also keeps client-go from
 		// swapping its limiter under concurrent requests.
 		gl.WithCustomLimiter(rate.NewLimiter(rate.Inf, 0)),
+		// The budget is outermost: a call it keeps back is not a GitLab answer.
+		gl.WithInterceptor(c.budget.transport),
 		gl.WithInterceptor(c.observe),
 	)
 	if err != nil {
@@ -172,6 +187,11 @@ func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, erro
 		return false, nil
 	}
 	if err != nil {
+		// A refusal of the budget is not retried: the caller gets the wait.
+		var be *budgetError
+		if errors.As(err, &be) {
+			return false, nil
+		}
 		// A certificate problem does not heal in a second.
 		var certErr *tls.CertificateVerificationError
 		return !errors.As(err, &certErr), nil
@@ -290,6 +310,11 @@ func (c *Client) mapError(op, who string, resp *gl.Response, err error, create b
 	}
 	code := status(resp)
 	if code == 0 {
+		// Kept back by the budget: never sent, so never ambiguous.
+		var be *budgetError
+		if errors.As(err, &be) {
+			return &exchange.RetryAfterError{After: be.after, Err: fmt.Errorf("%s: %w", op, be)}
+		}
 		// No response: a transport error, a cancelled context, or an error
 		// building the request.
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

@@ -164,6 +164,7 @@ func (c *Client) listAccessTokens(ctx context.Context, kind ledger.Kind, owner i
 // It reports how many tokens other than ref.GitLabID it revoked (successors
 // that escaped the ledger). An already revoked ref is not an error.
 func (c *Client) RevokeFamily(ctx context.Context, ref exchange.TokenRef) (int, error) {
+	ctx = revoking(ctx)
 	name := ref.Name
 	if !ref.Kind.AccessToken() {
 		return 0, c.Revoke(ctx, ref)

@@ -330,6 +330,7 @@ func deployTokenActive(t *gl.DeployToken, now time.Time) bool {
 // counts as gone only when the owner is still visible to the service account;
 // otherwise the error wraps ErrRevokeUnconfirmed.
 func (c *Client) Revoke(ctx context.Context, ref exchange.TokenRef) error {
+	ctx = revoking(ctx)
 	if !ref.Kind.Valid() {
 		return fmt.Errorf("revoke token: %w: unknown credential kind %q", exchange.ErrRejected, ref.Kind)
 	}

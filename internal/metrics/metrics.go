@@ -53,6 +53,10 @@ type Sources struct {
 	Now      func() time.Time // default time.Now
 	// ServiceTokenExpiry is the service token's expiry (zero: unknown or never).
 	ServiceTokenExpiry func() time.Time
+	// GitLabBudget reports the GitLab API budget: its size per minute, what
+	// is left, and the calls it sent, refused (spent) and held back because
+	// GitLab said its own limit was reached.
+	GitLabBudget func() (perMinute, remaining int, sent, refused, paused uint64)
 	// ServiceTokenAlert reports an alert on the service token (a lost
 	// rotation answer, a token GitLab rejects, a token not on disk).
 	ServiceTokenAlert func() bool
@@ -152,6 +156,29 @@ func New(src Sources) *Metrics {
 			}
 			return 0
 		}))
+	}
+	if src.GitLabBudget != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_gitlab_budget_per_minute", Help: "The daemon's GitLab API budget: calls per minute (gitlab.api_budget_per_minute).",
+		}, func() float64 { n, _, _, _, _ := src.GitLabBudget(); return float64(n) }))
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gltoken_gitlab_budget_remaining", Help: "GitLab API calls the budget has left now (it refills continuously).",
+		}, func() float64 { _, n, _, _, _ := src.GitLabBudget(); return float64(n) }))
+		for _, o := range []string{"sent", "budget_spent", "gitlab_limited"} {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "gltoken_gitlab_budget_requests_total", ConstLabels: prometheus.Labels{"outcome": o},
+				Help: "GitLab API calls by the budget's decision: sent, budget_spent (kept back: the budget is spent), gitlab_limited (kept back: GitLab answered RateLimit-Remaining 0 or 429).",
+			}, func() float64 {
+				_, _, sent, refused, paused := src.GitLabBudget()
+				switch o {
+				case "sent":
+					return float64(sent)
+				case "budget_spent":
+					return float64(refused)
+				}
+				return float64(paused)
+			}))
+		}
 	}
 	if src.ServiceTokenAlert != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -1,0 +1,50 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestBudgetSpentServesCached: with a small GitLab API budget
+// (gitlab.api_budget_per_minute), new jobs' mints are answered 429 with
+// Retry-After once it is spent, without a call to GitLab, while a job that
+// already holds a credential is still served it from the cache.
+func TestBudgetSpentServesCached(t *testing.T) {
+	w := newWorld(t)
+	d := w.startDaemon(t, daemonOpts{gitlab: "  api_budget_per_minute: 10\n"})
+	lib := w.gl.URL() + "/platform/lib.git"
+	first := w.job("main", true)
+	resp, body := d.exchange(first, lib, "read_repository")
+	if resp.StatusCode != 200 {
+		t.Fatalf("first mint: %d %s", resp.StatusCode, body)
+	}
+	spent := false
+	for i := 0; i < 20 && !spent; i++ {
+		resp, body := d.exchange(w.job("main", true), lib, "read_repository")
+		switch {
+		case resp.StatusCode == 200:
+		case resp.StatusCode == 429 && resp.Header.Get("Retry-After") != "" && strings.Contains(body, `"error"`):
+			spent = true
+		default:
+			t.Fatalf("mint %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if !spent {
+		t.Fatal("20 mints on a budget of 10 GitLab calls a minute were all served")
+	}
+	before := len(w.gl.Requests())
+	resp, again := d.exchange(first, lib, "read_repository")
+	if resp.StatusCode != 200 || again != body {
+		t.Fatalf("the cached credential with the budget spent: %d %s", resp.StatusCode, again)
+	}
+	if n := len(w.gl.Requests()); n != before {
+		t.Fatalf("serving a cached credential cost %d GitLab calls", n-before)
+	}
+	m := d.metrics(t)
+	for _, want := range []string{`gltoken_rate_limited_total{reason="gitlab_budget"}`, `gltoken_gitlab_budget_requests_total{outcome="budget_spent"}`,
+		`gltoken_gitlab_budget_per_minute 10`, `gltoken_gitlab_budget_remaining `} {
+		if !strings.Contains(m, want) {
+			t.Fatalf("metrics lack %s:\n%s", want, grepLines(m, "gitlab"))
+		}
+	}
+}
