@@ -180,6 +180,7 @@ func (s *Server) routes() http.Handler {
 	rt.handle("GET", "/jwt/auth", s.handleRegistryAuth)
 	rt.handle("GET", "/-/standin/id_token", s.handleStandinIDToken)
 	rt.handle("POST", "/-/standin/oauth/device", s.handleStandinDevice)
+	rt.handle("POST", "/-/standin/projects", s.handleStandinProjects)
 	rt.handle("POST", "/oauth/authorize_device", s.handleAuthorizeDevice)
 	rt.handle("GET", "/oauth/device", s.handleDevicePage)
 	rt.handle("GET", "/oauth/authorize", s.handleAuthorize)

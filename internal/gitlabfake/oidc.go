@@ -430,7 +430,8 @@ func (s *Server) SignClaims(claims map[string]any, header map[string]any) string
 //	GET /-/standin/id_token?project=platform/app&ref=main&ref_type=branch&aud=https://x&aud=...
 //	    &user=alice&ref_protected=true&environment=production&timeout=600&pipeline_source=push
 //
-// The answer is the token as text/plain.
+// The answer is the token as text/plain. Without timeout the token lasts
+// StandinIDTokenLifetime (1 h, GitLab's default job timeout).
 func (s *Server) handleStandinIDToken(w http.ResponseWriter, r *http.Request, _ params) {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
@@ -473,6 +474,10 @@ func (s *Server) handleStandinIDToken(w http.ResponseWriter, r *http.Request, _ 
 			return
 		}
 		job.Timeout = time.Duration(n) * time.Second
+	} else {
+		// By hand, the token should last as long as a real job's: GitLab's
+		// default job timeout is 1 h, and the demo says so.
+		job.Timeout = StandinIDTokenLifetime
 	}
 	tok := s.IssueIDToken(job)
 	w.Header().Set("Content-Type", "text/plain")

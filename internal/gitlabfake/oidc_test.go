@@ -270,6 +270,9 @@ func TestStandinIDTokenRoute(t *testing.T) {
 	if claims["sub"] != "project_path:platform/app:ref_type:tag:ref:v1.0" || claims["aud"] != "https://x.example" || claims["ref_path"] != "refs/tags/v1.0" {
 		t.Fatalf("claims %v", claims)
 	}
+	if life := claims["exp"].(float64) - claims["iat"].(float64); life != 3600 {
+		t.Fatalf("a token asked for by hand lasts %vs, want 3600 (1 h, as the demo says)", life)
+	}
 	r2, err := http.Get(f.s.URL() + "/-/standin/id_token?project=nope/nope")
 	if err != nil {
 		t.Fatal(err)

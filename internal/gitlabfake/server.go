@@ -27,7 +27,9 @@
 //
 // Stand-in-only route (GitLab has nothing like it), answered to loopback clients:
 // GET /-/standin/id_token?project=P&ref=R&ref_type=branch|tag&aud=A[&aud=B]&user=U&ref_protected=true
-// &environment=E&timeout=SECONDS returns an ID token for that job as text/plain;
+// &environment=E&timeout=SECONDS returns an ID token for that job as text/plain (lasting 1 h
+// without timeout); POST /-/standin/projects path=P&maintainer=U&developer=U&reporter=U creates
+// a project (and the users named) while the stand-in runs;
 // POST /-/standin/oauth/device user_code=C&user=U&action=approve|deny presses Authorize (as U)
 // or Deny on the device verification page.
 package gitlabfake

@@ -19,7 +19,10 @@
 //
 // Parameters: project, ref, ref_type (branch|tag), ref_protected (true|false), aud (repeatable),
 // user, environment, environment_protected, deployment_tier, pipeline_source, runner_environment,
-// timeout (seconds). The answer is the token as text/plain.
+// timeout (seconds; default 3600, GitLab's default job timeout). The answer is the token as
+// text/plain. Projects can be added while it runs (users named are created):
+//
+//	curl -d path=team/new-app -d maintainer=gltoken-service -d developer=alice "$(cat DIR/url)/-/standin/projects"
 //
 // State lives in memory; repositories live in DIR/repos. SIGINT or SIGTERM stops it.
 package main

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,6 +62,43 @@ func TestRunWritesStateAndServes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || strings.Count(string(body), ".") != 2 {
 		t.Fatalf("id_token: %d %q", resp.StatusCode, body)
+	}
+
+	// A project created while the stand-in runs is at once a project the
+	// service user maintains, with an ID token to match.
+	resp, err = http.PostForm(url+"/-/standin/projects", neturl.Values{"path": {"team/new-app"}, "maintainer": {"svc"}, "developer": {"bob"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 || !strings.Contains(string(body), `"path_with_namespace":"team/new-app"`) {
+		t.Fatalf("create project: %d %s", resp.StatusCode, body)
+	}
+	req, _ = http.NewRequest("GET", url+"/api/v4/projects/team%2Fnew-app", nil)
+	req.Header.Set("PRIVATE-TOKEN", strings.TrimSpace(string(tok)))
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("service token on the new project: %d", resp.StatusCode)
+	}
+	if resp, err = http.Get(url + "/-/standin/id_token?project=team/new-app&aud=x&user=bob"); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("id_token for the new project: %d", resp.StatusCode)
+	}
+	resp, err = http.PostForm(url+"/-/standin/projects", neturl.Values{"path": {"../etc"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("a bad path: %d %s", resp.StatusCode, body)
 	}
 	cancel()
 	if code := <-done; code != 0 {
