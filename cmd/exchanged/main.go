@@ -34,6 +34,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd == "credentials" {
+		return daemon.Credentials(ctx, args, stdout, stderr)
+	}
 	fs := pflag.NewFlagSet("exchanged", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", "/etc/gltoken/exchanged.yaml", "")
@@ -67,7 +70,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stdout, "exchanged", version)
 		return 0
 	}
-	fmt.Fprintf(stderr, "exchanged: unknown command %q (serve, check, explain, version; see exchanged --help)\n", cmd)
+	fmt.Fprintf(stderr, "exchanged: unknown command %q (serve, check, explain, credentials, version; see exchanged --help)\n", cmd)
 	return 2
 }
 

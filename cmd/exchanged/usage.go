@@ -7,6 +7,7 @@ SYNOPSIS
     exchanged [serve] --config FILE
     exchanged check   --config FILE [--online]
     exchanged explain --config FILE (--claims CLAIMS.json | --id-token FILE) --resource URL --scope SCOPE[,SCOPE]
+    exchanged credentials revoke --config FILE --id LEDGER_ID | --job JOB_ID
     exchanged version
 
 DESCRIPTION
@@ -37,6 +38,14 @@ COMMANDS
               resource URL and scopes: which rule matched, or for each rule
               the first check that failed. Offline: it mints nothing and
               needs neither GitLab nor the ledger.
+    credentials revoke
+              End credentials now: the one with that ledger id, or every live
+              one job JOB_ID holds. Revoked at GitLab with its whole family
+              (self-rotated successors) and recorded in the ledger, as the
+              reaper does at the TTL, with an audit event (outcome
+              operator_revoked) on stderr. Safe while the daemon runs on the
+              same ledger. Exit 1 if one could not be revoked (the reaper
+              retries it).
     version   Print the version.
 
 OPTIONS
