@@ -75,6 +75,7 @@ func Run(t *testing.T, open func(t *testing.T) ledger.Store) {
 		{"SealSecret", testSealSecret},
 		{"Reusable", testReusable},
 		{"ConcurrentHoldRelease", func(t *testing.T, s ledger.Store) { testConcurrentHoldRelease(t, s, s) }},
+		{"Rotated", testRotated},
 		{"PingClose", testPingClose},
 	}
 	for _, tc := range tests {

@@ -1,0 +1,23 @@
+package ledger
+
+import (
+	"context"
+	"time"
+)
+
+// SlotStore is implemented next to Store by the stores that can keep a pool
+// slot: one Active record for one GitLab access token (one bot user) that is
+// renewed with GitLab's rotate API instead of being revoked, so its GitLab id
+// and secret change while the record stays. Both stores implement it;
+// ledgertest.RunSlots checks the contract.
+type SlotStore interface {
+	// Rotated records that the Active record id's token fromGitLabID was
+	// rotated into toGitLabID: GitLabID = toGitLabID, SecretSHA256 =
+	// secretSHA256 ("" when the rotate's answer was lost and the secret is
+	// known to nobody, else 64 hex digits, kept lowercase), ExpiresAt and
+	// NextAttemptAt = expiresAt (not zero), Attempts 0, LastError "" and no
+	// sealed secret (the old one is dead). ErrConflict when the record is not
+	// Active or its GitLabID is not fromGitLabID (another rotation won);
+	// ErrNotFound when there is none.
+	Rotated(ctx context.Context, id string, fromGitLabID, toGitLabID int64, secretSHA256 string, expiresAt time.Time) error
+}
