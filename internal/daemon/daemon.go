@@ -165,7 +165,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if err != nil {
 		return nil, step("exchange", err)
 	}
-	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, svc.Cache())
+	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m, Pool: svc.Pool()}, d.store, minter, svc.Cache())
 	d.jobs = exchange.NewJobWatch(exchange.JobWatchConfig{Interval: cfg.GitLab.JobPollInterval.D(), Logger: log}, d.store, d.reaper, minter)
 	d.sweeper = exchange.NewSweeper(exchange.SweeperConfig{Interval: cfg.SweepInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, minter)
 	if cfg.Store.Driver == "sqlite" {

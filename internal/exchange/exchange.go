@@ -58,6 +58,15 @@ type Config struct {
 	// require_running_job (JobWatch implements it); nil: such rules refuse
 	// every request, since nothing can tell.
 	Jobs JobRunning
+	// PoolSlots is how many GitLab access tokens (bot users) the pool keeps
+	// per kind, owner, role and scopes (default DefaultPoolSlots); negative
+	// turns the pool off (a new access token per mint). The pool also needs
+	// a store that implements ledger.SlotStore and a minter that implements
+	// Rotator.
+	PoolSlots int
+	// PoolIdle is how long an idle pool slot waits for its keep-alive
+	// rotation (default DefaultPoolIdle).
+	PoolIdle time.Duration
 }
 
 // JobRunning tells whether a CI job is still running; *JobWatch implements it.
@@ -79,6 +88,7 @@ type Service struct {
 	minter   Minter
 	store    ledger.Store
 	cache    *Cache
+	pool     *Pool // nil: no access-token pool
 
 	flight singleflight.Group
 }
@@ -90,8 +100,13 @@ func New(cfg Config, v Verifier, pol func() *policy.Policy, m Minter, store ledg
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg.withDefaults(), origins: o, verifier: v, policy: pol, minter: m, store: store, cache: NewCache()}, nil
+	s := &Service{cfg: cfg.withDefaults(), origins: o, verifier: v, policy: pol, minter: m, store: store, cache: NewCache()}
+	s.pool = newPool(s.cfg, store, m, s.cache)
+	return s, nil
 }
+
+// Pool is the service's access-token pool, for the reaper (nil when off).
+func (s *Service) Pool() *Pool { return s.pool }
 
 // withDefaults fills in what cfg leaves unset.
 func (cfg Config) withDefaults() Config {
@@ -244,7 +259,8 @@ func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 		return nil, false
 	}
 	if s.cfg.SharedStore {
-		if rec, err := s.store.Get(ctx, c.ledgerID); err == nil && rec.State != ledger.Active {
+		if rec, err := s.store.Get(ctx, c.ledgerID); err == nil && (rec.State != ledger.Active ||
+			(IsPoolSlot(rec.ID) && rec.SecretSHA256 != fingerprint.Of(c.cred.Secret))) { // a pool slot rotated since
 			s.cache.forgetLedgerID(c.ledgerID)
 			return nil, false
 		}
@@ -276,6 +292,18 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 	if rec.State != ledger.Active {
 		ev.Outcome = "already_" + string(rec.State)
 		return nil
+	}
+	if s.pool != nil && IsPoolSlot(rec.ID) {
+		// A pool slot is rotated, not revoked: the secret dies, the bot stays.
+		if outcome, err := s.pool.Retire(ctx, rec, true); err == nil {
+			ev.Outcome = "revoked"
+			ev.Detail = "pool slot " + outcome
+			s.cfg.Observer.Revoked(rec.Kind, "client")
+			if s.cfg.Limiter != nil {
+				s.cfg.Limiter.ClientRevoked(jobKey(rec.JobID, rec.TokenJTI), rec.OwnerPath)
+			}
+			return nil
+		}
 	}
 	escaped, err := revokeFamily(ctx, s.minter, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID, Name: tokenName(rec.ID)})
 	for range escaped {

@@ -201,7 +201,11 @@ func (s *Sweeper) heldLive(ctx context.Context, t ManagedToken) (bool, ledger.Re
 	case ledger.Pending:
 		return true, rec, nil
 	case ledger.Active:
-		return rec.GitLabID == t.GitLabID, rec, nil
+		// A pool slot's record follows its token through rotations; a
+		// member under another id is a rotation the ledger has not caught
+		// up with yet (pool tokens cannot rotate themselves), which the
+		// slot's next rotation reconciles: never revoke the pool's own.
+		return rec.GitLabID == t.GitLabID || IsPoolSlot(rec.ID), rec, nil
 	}
 	return false, rec, nil
 }

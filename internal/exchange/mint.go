@@ -31,6 +31,9 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 		return nil, s.gitlabError(mreq.OwnerPath, err)
 	}
 	mreq.Owner = ownerID
+	if s.pool.pools(mreq) {
+		return s.poolMint(ctx, key, mreq, req, tok, rule)
+	}
 	id, err := newLedgerID()
 	if err != nil {
 		return nil, internalError(err)

@@ -30,6 +30,7 @@ type Reaper struct {
 	obs       Observer
 	workers   int
 	wake      chan struct{}
+	pool      *Pool
 }
 
 // ReaperConfig configures NewReaper.
@@ -47,6 +48,9 @@ type ReaperConfig struct {
 	// Workers settle claimed records at once (default 8), so that many
 	// credentials expiring together are revoked at their TTL, not one by one.
 	Workers int
+	// Pool is the service's access-token pool (Service.Pool): its slots are
+	// rotated at their TTL instead of revoked. Without it they are revoked.
+	Pool *Pool
 }
 
 // NewReaper builds a reaper over the service's store and minter. cache is
@@ -55,7 +59,7 @@ type ReaperConfig struct {
 func NewReaper(cfg ReaperConfig, store ledger.Store, m Minter, cache *Cache) *Reaper {
 	r := &Reaper{store: store, minter: m, cache: cache, interval: cfg.Interval, batch: cfg.Batch,
 		maxDelay: cfg.MaxDelay, mintLease: cfg.MintLease, now: cfg.Now, log: cfg.Logger, audit: cfg.Audit, obs: cfg.Observer,
-		workers: cfg.Workers, wake: make(chan struct{}, 1)}
+		workers: cfg.Workers, wake: make(chan struct{}, 1), pool: cfg.Pool}
 	if r.workers <= 0 {
 		r.workers = 8
 	}
@@ -201,6 +205,22 @@ func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string
 	case ledger.Pending:
 		outcome, err = r.reconcile(ctx, rec)
 	case ledger.Active:
+		if r.pool != nil && IsPoolSlot(rec.ID) {
+			// Rotated, not revoked: the secret dies at its TTL, the bot
+			// stays. The pool drops the cache entries itself, under its lock.
+			outcome, err = r.pool.Retire(ctx, rec, false)
+			if err == nil {
+				if outcome == slotNotDue || outcome == slotAlready {
+					return
+				}
+				ev := auditEvent{Outcome: "pool_" + outcome}
+				ev.fromRecord(rec)
+				r.obs.Revoked(rec.Kind, "pool_"+outcome)
+				r.audit.LogAttrs(ctx, slog.LevelInfo, "revocation", ev.attrs()...)
+				return
+			}
+			break
+		}
 		var escaped int
 		escaped, err = revokeFamily(ctx, r.minter, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID, Name: tokenName(rec.ID)})
 		if escaped > 0 {

@@ -79,7 +79,7 @@ func New(src Sources) *Metrics {
 		Name: "gltoken_mints_total", Help: "Credentials minted in GitLab, by kind.",
 	}, []string{"kind"})
 	m.revocations = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (revoked, client, job_ended, reconciled_revoked, abandoned, failed, unconfirmed, escaped, deferred).",
+		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (revoked, client, job_ended, reconciled_revoked, abandoned, failed, unconfirmed, escaped, deferred; access-token pool slots: pool_rotated, pool_adopted, pool_gone, pool_revoked).",
 	}, []string{"kind", "outcome"})
 	m.gitlabCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_gitlab_requests_total", Help: "Calls to GitLab's API by route template and HTTP status (0: no answer).",
