@@ -361,7 +361,7 @@ func (s *Service) poolMint(ctx context.Context, key string, mreq MintRequest, re
 	if s.cfg.Scheduled != nil {
 		s.cfg.Scheduled(cred.ExpiresAt)
 	}
-	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes}, s.cfg.Now())
+	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: mreq.AccessLevel}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: cred.ExpiresAt,
-		Scopes: mreq.Scopes, Kind: cred.Kind, LedgerID: id}, nil
+		Scopes: mreq.Scopes, Kind: cred.Kind, AccessLevel: mreq.AccessLevel, LedgerID: id}, nil
 }
