@@ -35,6 +35,7 @@ type auditEvent struct {
 	ExpiresAt    time.Time
 	SecretSHA256 string
 	Cached       bool
+	Reused       bool // a credential of another job of the project, now held by this job too
 	Peer         string
 	Duration     time.Duration
 }
@@ -89,6 +90,9 @@ func (e *auditEvent) attrs() []slog.Attr {
 	str("secret_sha256", e.SecretSHA256)
 	if e.Cached {
 		a = append(a, slog.Bool("cached", true))
+	}
+	if e.Reused {
+		a = append(a, slog.Bool("reused", true))
 	}
 	str("peer", e.Peer)
 	a = append(a, slog.Float64("duration_ms", float64(e.Duration.Microseconds())/1000))

@@ -10,30 +10,33 @@ import (
 
 	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/idtoken"
-	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/policy"
 )
 
 // Cache holds the credentials this process handed out, so that the same
-// job asking again gets the same credential rather than a new one. The
-// service fills it; the service (on RFC 7009 revocation) and the reaper (on
-// every revocation) empty it. Build it with NewCache; it is safe for
-// concurrent use.
+// job asking again gets the same credential rather than a new one, and so
+// that other jobs of the same project passing the same rule can share it
+// (reuse: project). The service fills it; the service (on RFC 7009
+// revocation) and the reaper (on every revocation) empty it. Build it with
+// NewCache; it is safe for concurrent use.
 type Cache struct {
-	mu    sync.Mutex
-	byKey map[string]cached // key: cacheKey
-	bySHA map[string]string // secret fingerprint -> cache key
+	mu     sync.Mutex
+	byKey  map[string]cached          // key: cacheKey, or sharedEntryKey for a credential minted under a reuse key
+	bySHA  map[string]map[string]bool // secret fingerprint -> the keys caching it
+	shared map[string]map[string]bool // reuse key -> the keys of the credentials minted under it
 }
 
 type cached struct {
 	ledgerID string
 	cred     Credential
 	scopes   []string
-	role     int // access tokens' access level (Issued.AccessLevel)
+	role     int    // access tokens' access level (Issued.AccessLevel)
+	reuse    string // the reuse key it was minted under, if any
 }
 
 // NewCache returns an empty cache.
 func NewCache() *Cache {
-	return &Cache{byKey: map[string]cached{}, bySHA: map[string]string{}}
+	return &Cache{byKey: map[string]cached{}, bySHA: map[string]map[string]bool{}, shared: map[string]map[string]bool{}}
 }
 
 // get returns the entry for key if it lives past freshUntil; an entry that
@@ -49,24 +52,61 @@ func (c *Cache) get(key string, freshUntil time.Time) (cached, bool) {
 	return e, ok
 }
 
-// put caches e under key and drops every entry expired at now.
+// getShared returns, among the credentials minted under the reuse key, the
+// one that lives past freshUntil but not past notAfter (the asking job's
+// ID-token exp) and lives longest; none when no credential fits.
+func (c *Cache) getShared(reuse string, freshUntil, notAfter time.Time) (cached, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var best cached
+	found := false
+	for key := range c.shared[reuse] {
+		e, ok := c.byKey[key]
+		switch {
+		case !ok:
+			delete(c.shared[reuse], key)
+		case !e.cred.ExpiresAt.After(freshUntil):
+			c.forgetLocked(key)
+		case e.cred.ExpiresAt.After(notAfter):
+		case !found || e.cred.ExpiresAt.After(best.cred.ExpiresAt):
+			best, found = e, true
+		}
+	}
+	return best, found
+}
+
+// put caches e under key and drops every entry expired at now. An entry
+// with a reuse key is also offered to other jobs under that key.
 func (c *Cache) put(key string, e cached, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k, old := range c.byKey { // the cache is small: one entry per live credential
+	for k, old := range c.byKey { // the cache is small: one entry per live credential and job
 		if !old.cred.ExpiresAt.After(now) {
 			c.forgetLocked(k)
 		}
 	}
 	c.byKey[key] = e
-	c.bySHA[fingerprint.Of(e.cred.Secret)] = key
+	sha := fingerprint.Of(e.cred.Secret)
+	if c.bySHA[sha] == nil {
+		c.bySHA[sha] = map[string]bool{}
+	}
+	c.bySHA[sha][key] = true
+	if e.reuse != "" {
+		shared := sharedEntryKey(e.ledgerID)
+		c.byKey[shared] = e
+		c.bySHA[sha][shared] = true
+		if c.shared[e.reuse] == nil {
+			c.shared[e.reuse] = map[string]bool{}
+		}
+		c.shared[e.reuse][shared] = true
+	}
 }
 
 // forgetSecret drops the credential whose secret has that fingerprint.
 func (c *Cache) forgetSecret(sha string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if key, ok := c.bySHA[sha]; ok {
+	for key := range c.bySHA[sha] {
 		c.forgetLocked(key)
 	}
 }
@@ -83,20 +123,55 @@ func (c *Cache) forgetLedgerID(id string) {
 }
 
 func (c *Cache) forgetLocked(key string) {
-	if e, ok := c.byKey[key]; ok {
-		delete(c.bySHA, fingerprint.Of(e.cred.Secret))
-		delete(c.byKey, key)
+	e, ok := c.byKey[key]
+	if !ok {
+		return
+	}
+	delete(c.byKey, key)
+	sha := fingerprint.Of(e.cred.Secret)
+	delete(c.bySHA[sha], key)
+	if len(c.bySHA[sha]) == 0 {
+		delete(c.bySHA, sha)
+	}
+	if e.reuse != "" {
+		delete(c.shared[e.reuse], key)
+		if len(c.shared[e.reuse]) == 0 {
+			delete(c.shared, e.reuse)
+		}
 	}
 }
 
+// sharedEntryKey is the cache key under which a credential minted under a
+// reuse key waits for other jobs.
+func sharedEntryKey(ledgerID string) string { return "reuse\x00" + ledgerID }
+
 // cacheKey identifies "the same request": the same job's ID token asking for
-// the same kind of credential on the same owner with the same scopes.
-func cacheKey(tok *idtoken.Token, kind ledger.Kind, owner string, scopes []string) string {
+// the same kind of credential on the same owner with the same scopes under
+// the same rule (a reload that changes the rule changes the key, so a
+// credential minted under the old rule is not handed out again).
+func cacheKey(tok *idtoken.Token, p plan, ruleFP string) string {
 	job := tok.ID
 	if job == "" {
 		job = tok.Subject + "|" + tok.IssuedAt.String()
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s", tok.Issuer, job, kind, owner, strings.Join(scopes, " "))
+	fmt.Fprintf(h, "job\x00%s\x00%s\x00%s\x00%s\x00%s\x00%d\x00%s", tok.Issuer, job, p.kind, p.owner, strings.Join(p.scopes, " "), p.role, ruleFP)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// reuseKey identifies the credentials one job may share with another
+// (reuse: project): the same source project passing the same rule (by its
+// content) for the same owner, kind, scopes and role. It is empty when the
+// rule opts out (reuse: job) or the token names no job or project, which
+// GitLab's ID tokens always do.
+func reuseKey(tok *idtoken.Token, p plan, dec policy.Decision) string {
+	project, job := tok.Claims["project_id"], tok.Claims["job_id"]
+	if dec.Reuse == policy.ReuseJob || project == "" || job == "" || dec.RuleFingerprint == "" {
+		return ""
+	}
+	h := sha256.New()
+	// The project the job runs in as well: a fork's merge-request job (if a
+	// rule admits it) shares only with jobs of the same fork in the same project.
+	fmt.Fprintf(h, "reuse\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%d", tok.Issuer, project, JobProject(tok.Claims), dec.RuleFingerprint, p.kind, p.owner, strings.Join(p.scopes, " "), p.role)
 	return hex.EncodeToString(h.Sum(nil))
 }

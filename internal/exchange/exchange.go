@@ -161,6 +161,9 @@ type Issued struct {
 	AccessLevel int
 	LedgerID    string
 	Cached      bool
+	// Reused: the credential was obtained for another job of the same
+	// project under the same rule, and is now held by this one too.
+	Reused bool
 }
 
 // Exchange validates req and returns a credential, from the cache or newly
@@ -181,7 +184,7 @@ func (s *Service) Exchange(ctx context.Context, req Request) (*Issued, error) {
 		ev.Reason = e.Description
 		ev.Detail = e.detail
 	} else {
-		ev.Kind, ev.LedgerID, ev.Username, ev.ExpiresAt, ev.Cached = granted.Kind, granted.LedgerID, granted.Username, granted.ExpiresAt, granted.Cached
+		ev.Kind, ev.LedgerID, ev.Username, ev.ExpiresAt, ev.Cached, ev.Reused = granted.Kind, granted.LedgerID, granted.Username, granted.ExpiresAt, granted.Cached, granted.Reused
 		ev.SecretSHA256 = fingerprint.Of(granted.AccessToken)
 	}
 	ev.Outcome = outcome
@@ -228,24 +231,88 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 	}
 
 	mreq := MintRequest{Kind: p.kind, OwnerPath: p.owner, Scopes: p.scopes, ExpiresAt: now.Add(life).Truncate(time.Second), AccessLevel: p.role}
-	key := cacheKey(tok, p.kind, p.owner, p.scopes)
+	key := cacheKey(tok, p, dec.RuleFingerprint)
 	if granted, ok := s.fromCache(ctx, key); ok {
 		return granted, nil
 	}
-	v, err, _ := s.flight.Do(key, func() (any, error) {
-		if granted, ok := s.fromCache(ctx, key); ok {
+	reuse := reuseKey(tok, p, dec)
+	if reuse != "" {
+		if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
 			return granted, nil
 		}
-		if err := s.admitMint(tok, p.owner); err != nil {
+	}
+	// Jobs that may share a credential wait for one mint; a job that cannot
+	// take the result (its ID token expires before the credential does) mints
+	// its own, in the flight of its own key.
+	flight := key
+	if reuse != "" {
+		flight = "reuse\x00" + reuse
+	}
+	for {
+		v, err, _ := s.flight.Do(flight, func() (any, error) {
+			if granted, ok := s.fromCache(ctx, key); ok {
+				return minted{key, granted}, nil
+			}
+			if reuse != "" {
+				if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
+					return minted{key, granted}, nil
+				}
+			}
+			if err := s.admitMint(tok, p.owner); err != nil {
+				return nil, err
+			}
+			granted, err := s.mint(ctx, key, reuse, mreq, req, tok, p.rule)
+			return minted{key, granted}, err
+		})
+		if err != nil {
 			return nil, err
 		}
-		return s.mint(ctx, key, mreq, req, tok, p.rule)
-	})
-	if err != nil {
-		return nil, err
+		m := v.(minted)
+		if m.key == key {
+			granted := *m.granted
+			return &granted, nil
+		}
+		// Another job's mint: take a share of it as any later job would.
+		if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
+			return granted, nil
+		}
+		flight = key
 	}
-	granted := *v.(*Issued)
-	return &granted, nil
+}
+
+// minted is a flight's result: the credential and the cache key of the job
+// it was obtained for.
+type minted struct {
+	key     string
+	granted *Issued
+}
+
+// fromShared hands the job of key a live credential another job of its
+// project obtained under the same rule (reuse key), if one lives past the
+// cache margin but not past the job's ID token, and records the job as its
+// holder. The credential then also answers the job's own key.
+func (s *Service) fromShared(ctx context.Context, reuse, key string, tok *idtoken.Token) (*Issued, bool) {
+	now := s.cfg.Now()
+	c, ok := s.cache.getShared(reuse, now.Add(s.cfg.CacheMargin), tok.Expiry)
+	if !ok {
+		return nil, false
+	}
+	h := ledger.Holder{LedgerID: c.ledgerID, JobID: tok.Claims["job_id"], ProjectID: JobProject(tok.Claims),
+		PipelineID: tok.Claims["pipeline_id"], TokenExpiresAt: tok.Expiry, HeldSince: now}
+	if err := s.store.AddHolder(ctx, h); err != nil {
+		// Revoked, or every holder let go (its last job ended): never hand it
+		// out again. A ledger that cannot be written means no hold can be
+		// recorded, so the credential is not shared either.
+		if errors.Is(err, ledger.ErrConflict) || errors.Is(err, ledger.ErrNotFound) {
+			s.cache.forgetLedgerID(c.ledgerID)
+		}
+		return nil, false
+	}
+	own := c
+	own.reuse = ""
+	s.cache.put(key, own, now)
+	return &Issued{AccessToken: c.cred.Secret, Username: c.cred.Username, ExpiresAt: c.cred.ExpiresAt,
+		Scopes: c.scopes, Kind: c.cred.Kind, AccessLevel: c.role, LedgerID: c.ledgerID, Cached: true, Reused: true}, true
 }
 
 // fromCache returns the credential cached for key while it has more than

@@ -172,7 +172,14 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	pol, err := policy.Parse([]byte(testPolicy), "policy.yaml", policy.Options{GitLabURL: "https://gitlab.example.com"})
+	return newFixtureWith(t, testPolicy, nil)
+}
+
+// newFixtureWith builds the fixture on another policy, with the audit
+// events going to audit (nil: discarded with the log).
+func newFixtureWith(t *testing.T, policyText string, audit *slog.Logger) *fixture {
+	t.Helper()
+	pol, err := policy.Parse([]byte(policyText), "policy.yaml", policy.Options{GitLabURL: "https://gitlab.example.com"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +203,7 @@ func newFixture(t *testing.T) *fixture {
 	}}
 	m := newFakeMinter()
 	svc, err := New(Config{GitLabURL: "https://gitlab.example.com", RegistryURL: "https://registry.example.com",
-		MaxTTL: 12 * time.Hour, Now: clk.Now, Logger: slog.New(slog.DiscardHandler)},
+		MaxTTL: 12 * time.Hour, Now: clk.Now, Logger: slog.New(slog.DiscardHandler), Audit: audit},
 		ver, func() *policy.Policy { return pol }, m, store)
 	if err != nil {
 		t.Fatal(err)

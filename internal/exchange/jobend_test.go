@@ -17,6 +17,7 @@ func TestEndJobRevokesWhatOnlyItHeld(t *testing.T) {
 	ctx := context.Background()
 	other := maps.Clone(f.ver.tokens["job-token"].Claims)
 	other["job_id"] = "13"
+	other["project_id"] = "8" // another project's job: it cannot share job 12's credential
 	f.ver.tokens["other-job"] = &idtoken.Token{Issuer: "https://gitlab.example.com", Subject: "s", ID: "jti-13",
 		IssuedAt: f.clock.Now(), Expiry: f.clock.Now().Add(time.Hour), Claims: other}
 

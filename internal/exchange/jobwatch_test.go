@@ -44,6 +44,7 @@ func TestJobWatchPoll(t *testing.T) {
 	for _, job := range []string{"21", "22", "23", "24"} {
 		claims := maps.Clone(f.ver.tokens["job-token"].Claims)
 		claims["job_id"] = job
+		claims["project_id"] = "1" + job // one credential each: no reuse across these jobs
 		f.ver.tokens["tok-"+job] = &idtoken.Token{Issuer: "https://gitlab.example.com", Subject: "s", ID: "jti-" + job,
 			IssuedAt: f.clock.Now(), Expiry: f.clock.Now().Add(time.Hour), Claims: claims}
 		iss, err := f.exchange("tok-"+job, "https://gitlab.example.com/platform/lib.git", "read_repository")

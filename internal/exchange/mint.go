@@ -19,8 +19,9 @@ import (
 // reaper.
 
 // mint mints what mreq asks for (its Owner still unresolved: OwnerPath
-// names it) and caches it under key.
-func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Request, tok *idtoken.Token, rule string) (*Issued, error) {
+// names it) and caches it under key, and for other jobs under the reuse key
+// if there is one.
+func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest, req Request, tok *idtoken.Token, rule string) (*Issued, error) {
 	// The mint outlives a client that hangs up: an intent half done is worse
 	// than a credential nobody collects (the reaper ends that one on time).
 	ctx = context.WithoutCancel(ctx)
@@ -96,7 +97,7 @@ func (s *Service) mint(ctx context.Context, key string, mreq MintRequest, req Re
 	if cred.Kind.AccessToken() {
 		role = mreq.AccessLevel
 	}
-	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: role}, s.cfg.Now())
+	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: role, reuse: reuse}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,
 		Scopes: mreq.Scopes, Kind: cred.Kind, AccessLevel: role, LedgerID: id}, nil
 }
