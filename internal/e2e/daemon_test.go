@@ -253,7 +253,7 @@ func grepLines(text, substr string) string {
 // Retry-After; a lost create answer never leaves a second or a live token.
 func TestGitLabTroubles(t *testing.T) {
 	w := newWorld(t)
-	d := w.startDaemon(t, daemonOpts{})
+	d := w.startDaemon(t, daemonOpts{policy: perJobPolicy}) // the second job must mint, not share the first's
 	lib := w.gl.URL() + "/platform/lib.git"
 	cachedJob := w.job("main", true)
 	if resp, body := d.exchange(cachedJob, lib, "read_repository"); resp.StatusCode != 200 {

@@ -106,10 +106,13 @@ func TestRunnerHostDefaults(t *testing.T) {
 		t.Fatalf("garbage got %v, want only 400 or 429", bad)
 	}
 	// The jobs are of one project passing one rule: with reuse: project
-	// (the default) they share one deploy token per repository.
+	// (the default) they share a deploy token per repository. A shared
+	// credential ends on a whole minute no later than its holders' ID
+	// tokens; the 100 tokens were issued within moments, so at most a minute
+	// boundary between them splits them in two.
 	creates := countCreates(w)
-	if creates != len(repos) {
-		t.Fatalf("%d deploy tokens created for %d jobs × %d repositories of one project, want %d (one per repository)", creates, jobs, len(repos), len(repos))
+	if creates < len(repos) || creates > 2*len(repos) {
+		t.Fatalf("%d deploy tokens created for %d jobs × %d repositories of one project, want %d (one per repository, two across a minute boundary)", creates, jobs, len(repos), len(repos))
 	}
 	valid, _ = wave(0)
 	if valid[200] != jobs*len(repos) {

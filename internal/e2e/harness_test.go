@@ -91,6 +91,10 @@ func (w *world) job(ref string, protected bool, mod ...func(*gitlabfake.Job)) st
 	return w.gl.IssueIDToken(j)
 }
 
+// perJobPolicy is e2ePolicy with reuse: job on every rule: one credential
+// per job, for tests about one job's credential.
+var perJobPolicy = strings.ReplaceAll(e2ePolicy, "\n    match:", "\n    reuse: job\n    match:")
+
 const e2ePolicy = `
 rules:
   - name: app-reads-libs

@@ -70,7 +70,7 @@ func waitLog(t testing.TB, d *daemon, want string) {
 // at once, long before its TTL (1h) and before any poll (60s).
 func TestJobEndRevokesViaWebhook(t *testing.T) {
 	w := newWorld(t)
-	d := w.jobEndDaemon(t, "60s", true, "")
+	d := w.jobEndDaemon(t, "60s", true, perJobPolicy) // one credential per job: the other job's stays
 	w.gl.AddWebhook(gitlabfake.Webhook{URL: d.url + "/v1/gitlab/events", Token: webhookSecret})
 	mustExchange(t, w, d, w.job("main", true, jobWith(7001)))
 	other := w.job("main", true, jobWith(7002))
@@ -112,7 +112,7 @@ func TestJobEndRevokesViaPoll(t *testing.T) {
 // wrong X-Gitlab-Token is answered 401 and revokes nothing.
 func TestWebhookWithoutTheSecretChangesNothing(t *testing.T) {
 	w := newWorld(t)
-	d := w.jobEndDaemon(t, "60s", true, "")
+	d := w.jobEndDaemon(t, "60s", true, perJobPolicy)
 	w.gl.AddWebhook(gitlabfake.Webhook{URL: d.url + "/v1/gitlab/events", Token: webhookSecret + "-not"})
 	w.gl.AddWebhook(gitlabfake.Webhook{URL: d.url + "/v1/gitlab/events"})
 	mustExchange(t, w, d, w.job("main", true, jobWith(7201)))

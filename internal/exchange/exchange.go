@@ -230,12 +230,21 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 		return nil, &Error{Code: CodeInvalidGrant, Description: fmt.Sprintf("the credential would live only %s (the ID token expires in %s); at least %s is needed", life.Truncate(time.Second), tok.Expiry.Sub(now).Truncate(time.Second), s.cfg.MinLifetime)}
 	}
 
-	mreq := MintRequest{Kind: p.kind, OwnerPath: p.owner, Scopes: p.scopes, ExpiresAt: now.Add(life).Truncate(time.Second), AccessLevel: p.role}
 	key := cacheKey(tok, p, dec.RuleFingerprint)
+	reuse := reuseKey(tok, p, dec)
+	expires := now.Add(life).Truncate(time.Second)
+	if reuse != "" {
+		// A shared credential ends on a whole minute, so that every job
+		// whose ID token expires in the same minute (tokens of jobs started
+		// together, when the rule's ttl is the token's lifetime) can hold it.
+		if m := now.Add(life).Truncate(time.Minute); m.Sub(now) >= s.cfg.MinLifetime {
+			expires = m
+		}
+	}
+	mreq := MintRequest{Kind: p.kind, OwnerPath: p.owner, Scopes: p.scopes, ExpiresAt: expires, AccessLevel: p.role}
 	if granted, ok := s.fromCache(ctx, key); ok {
 		return granted, nil
 	}
-	reuse := reuseKey(tok, p, dec)
 	if reuse != "" {
 		if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
 			return granted, nil

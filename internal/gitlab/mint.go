@@ -249,6 +249,9 @@ func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner int64, 
 		best    int64
 		matches int
 	)
+	// A deploy token past its expires_at counts: GitLab no longer accepts
+	// it, but it is still there, and an intent whose create landed after the
+	// daemon died is settled by finding (and deleting) it even after its TTL.
 	consider := func(id int64, tokName string, active bool) {
 		if tokName == name && active {
 			matches++
@@ -273,14 +276,14 @@ func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner int64, 
 			ts, resp, err = c.gl.DeployTokens.ListProjectDeployTokens(owner, &gl.ListProjectDeployTokensOptions{ListOptions: lo},
 				reqOpts(ctx, http.MethodGet, routeProjectDeployTokens)...)
 			for _, t := range ts {
-				consider(t.ID, t.Name, deployTokenActive(t, c.now()))
+				consider(t.ID, t.Name, !t.Revoked)
 			}
 		case ledger.GroupDeployToken:
 			var ts []*gl.DeployToken
 			ts, resp, err = c.gl.DeployTokens.ListGroupDeployTokens(owner, &gl.ListGroupDeployTokensOptions{ListOptions: lo},
 				reqOpts(ctx, http.MethodGet, routeGroupDeployTokens)...)
 			for _, t := range ts {
-				consider(t.ID, t.Name, deployTokenActive(t, c.now()))
+				consider(t.ID, t.Name, !t.Revoked)
 			}
 		case ledger.ProjectAccessToken:
 			state := "active"
@@ -314,15 +317,6 @@ func (c *Client) FindByName(ctx context.Context, kind ledger.Kind, owner int64, 
 		c.log.WarnContext(ctx, "several active gitlab tokens share one name", "kind", string(kind), "owner_id", owner, "name", name, "count", matches)
 	}
 	return exchange.TokenRef{Kind: kind, Owner: owner, GitLabID: best}, true, nil
-}
-
-// deployTokenActive: not revoked and not expired (GitLab's rule is
-// expires_at >= now; a null expires_at never expires).
-func deployTokenActive(t *gl.DeployToken, now time.Time) bool {
-	if t.Revoked || t.Expired {
-		return false
-	}
-	return t.ExpiresAt == nil || t.ExpiresAt.IsZero() || !t.ExpiresAt.Before(now)
 }
 
 // Revoke deletes a deploy token or revokes an access token. A token that is
