@@ -17,7 +17,7 @@ import (
 // audit event is written, and no secret is printed.
 func TestOperatorRevokes(t *testing.T) {
 	w := newWorld(t)
-	d := w.startDaemon(t, daemonOpts{})
+	d := w.startDaemon(t, daemonOpts{policy: perJobPolicy}) // each job its own credential
 	var secrets []string
 	mint := func(idToken string) string {
 		t.Helper()
