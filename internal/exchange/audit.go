@@ -8,6 +8,7 @@ import (
 
 	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/policy"
 )
 
 // auditEvent is one exchange or revocation. Its keys are stable: operators
@@ -18,6 +19,7 @@ type auditEvent struct {
 	Reason       string
 	Detail       string
 	Rule         string
+	Shadow       []string // the verdicts of the policy's shadow rules (see shadowVerdicts)
 	Issuer       string
 	Subject      string
 	ProjectID    string
@@ -38,6 +40,23 @@ type auditEvent struct {
 	Reused       bool // a credential of another job of the project, now held by this job too
 	Peer         string
 	Duration     time.Duration
+}
+
+// shadowVerdicts renders what the policy's shadow rules would have decided,
+// one "rule: would allow" or "rule: would deny: check" each.
+func shadowVerdicts(rs []policy.ShadowResult) []string {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		if r.WouldAllow {
+			out[i] = r.Rule + ": would allow"
+		} else {
+			out[i] = r.Rule + ": would deny: " + r.Failed
+		}
+	}
+	return out
 }
 
 func (e *auditEvent) fromToken(t *idtoken.Token) {
@@ -66,6 +85,9 @@ func (e *auditEvent) attrs() []slog.Attr {
 	str("reason", e.Reason)
 	str("detail", e.Detail)
 	str("rule", e.Rule)
+	if len(e.Shadow) > 0 {
+		a = append(a, slog.Any("shadow", e.Shadow))
+	}
 	str("issuer", e.Issuer)
 	str("sub", e.Subject)
 	str("project_id", e.ProjectID)

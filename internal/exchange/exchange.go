@@ -215,7 +215,7 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 	ev.fromToken(tok)
 
 	p, dec, err := decide(s.policy(), s.cfg.MaxTTL, tok.Claims, target, scopes)
-	ev.Rule = dec.Rule
+	ev.Rule, ev.Shadow = dec.Rule, shadowVerdicts(dec.Shadow)
 	if err != nil {
 		return nil, err
 	}

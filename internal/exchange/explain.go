@@ -45,6 +45,14 @@ func Explain(cfg Config, pol *policy.Policy, claims map[string]string, resource 
 		b.WriteString("  (the policy has no rules)\n")
 	}
 	for _, st := range dec.Trace {
+		if st.Shadow {
+			if st.Matched {
+				fmt.Fprintf(&b, "  %-28s shadow: would allow\n", st.Rule)
+			} else {
+				fmt.Fprintf(&b, "  %-28s shadow: would deny: %s\n", st.Rule, st.Failed)
+			}
+			continue
+		}
 		if st.Matched {
 			fmt.Fprintf(&b, "  %-28s MATCH\n", st.Rule)
 			continue

@@ -345,6 +345,9 @@ func (p *parser) parseRoot(root *yaml.Node) *Policy {
 	}
 	for _, r := range pol.rules {
 		pol.names = append(pol.names, r.name)
+		if !r.shadow {
+			pol.enforced++
+		}
 	}
 	return pol
 }
@@ -367,7 +370,7 @@ func (p *parser) parseRules(n *yaml.Node) []*rule {
 	return rules
 }
 
-var ruleKeys = []string{"name", "match", "allow", "reuse", AllowForkMergeRequestsKey, RequireRunningJobKey}
+var ruleKeys = []string{"name", "match", "allow", "reuse", "mode", AllowForkMergeRequestsKey, RequireRunningJobKey}
 
 // RequireRunningJobKey is the rule key that refuses ID tokens of jobs that
 // are no longer running.
@@ -387,6 +390,19 @@ const AcknowledgeAPIMaintainerKey = "acknowledge_api_maintainer"
 // Without it such a job is refused whatever its claims match: it runs code
 // that someone outside the project wrote.
 const AllowForkMergeRequestsKey = "allow_fork_merge_requests"
+
+// choice reads a scalar that must be one of want; msg names the choices.
+func (p *parser) choice(n *yaml.Node, rule, field, msg string, want ...string) (string, bool) {
+	v, ok := p.scalar(n, rule, field)
+	if !ok {
+		return "", false
+	}
+	if !slices.Contains(want, v) {
+		p.add(n.Line, rule, field, fmt.Sprintf("%s, not %q", msg, v))
+		return "", false
+	}
+	return v, true
+}
 
 // boolean reads a scalar that must be exactly true or false.
 func (p *parser) boolean(n *yaml.Node, rule, field string) (bool, bool) {
@@ -447,15 +463,13 @@ func (p *parser) parseRule(idx int, n *yaml.Node) *rule {
 		case "allow":
 			allowNode = e.val
 		case "reuse":
-			v, ok := p.scalar(e.val, label, "reuse")
-			if !ok {
-				continue
-			}
-			switch Reuse(v) {
-			case ReuseProject, ReuseJob:
+			if v, ok := p.choice(e.val, label, "reuse", "want project (one credential for every job of the project) or job (one credential per job)",
+				string(ReuseProject), string(ReuseJob)); ok {
 				r.reuse = Reuse(v)
-			default:
-				p.add(e.val.Line, label, "reuse", fmt.Sprintf("want project (one credential for every job of the project) or job (one credential per job), not %q", v))
+			}
+		case "mode":
+			if v, ok := p.choice(e.val, label, "mode", "want enforce or shadow", string(ModeEnforce), string(ModeShadow)); ok {
+				r.shadow = Mode(v) == ModeShadow
 			}
 		case AllowForkMergeRequestsKey:
 			if b, ok := p.boolean(e.val, label, e.key); ok {

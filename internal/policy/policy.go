@@ -31,6 +31,8 @@
 //     with patterns whose first segment is literal, and every allow entry must
 //     start with a literal top-level group or a {{namespace_path}} /
 //     {{project_path}} (or job_*_path) template.
+//   - A rule with mode: shadow takes no part in the decision (see ModeShadow);
+//     Decision.Shadow reports its verdict.
 //
 // Merge requests from forks: a job of a merge-request pipeline from a fork
 // runs in the parent project with the fork's code. GitLab (Gitlab::Ci::Jwt)
@@ -39,13 +41,13 @@
 // job_namespace_* (GitLab 18.4+); ci_config_ref_uri names the parent's CI file
 // at the fork's branch. GitLab versions before the fix of the project_* claims
 // put the parent in project_* as well, so there pinning project_path does not
-// keep a fork's job out. Every rule
-// therefore refuses such a job unless it sets allow_fork_merge_requests: true:
-// a job is taken for a fork's when project_id differs from job_project_id
-// (or project_path from job_project_path), and a merge_request_event pipeline
-// whose token has no job_project_id (GitLab before 18.4) counts as one, as it
-// cannot be told apart. The guard is checked last, so a denial names it when
-// it was all that stood in the way.
+// keep a fork's job out. Every rule therefore refuses such a job unless it
+// sets allow_fork_merge_requests: true: a job is taken for a fork's when
+// project_id differs from job_project_id (or project_path from
+// job_project_path), and a merge_request_event pipeline whose token has no
+// job_project_id (GitLab before 18.4) counts as one, as it cannot be told
+// apart. The guard is checked last, so a denial names it when it was all that
+// stood in the way.
 package policy
 
 import (
@@ -61,6 +63,7 @@ import (
 // concurrent use; reload by loading a new one.
 type Policy struct {
 	rules    []*rule
+	enforced int // how many rules are in mode enforce
 	names    []string
 	warnings []string
 }
@@ -89,6 +92,7 @@ type rule struct {
 	allowForks  bool // allow_fork_merge_requests
 	// requireRunningJob: refuse ID tokens of jobs no longer running.
 	requireRunningJob bool
+	shadow            bool // mode: shadow
 	fingerprint       string
 }
 
@@ -149,11 +153,38 @@ type Decision struct {
 	// than invalid_target).
 	ScopeDenied bool
 	Trace       []Step // one Step per rule, in file order
+	// Shadow holds, in file order, the verdict of each rule in mode shadow
+	// whose match accepted the job's claims (see Mode).
+	Shadow []ShadowResult
+}
+
+// Mode says whether a rule's verdict is enforced.
+type Mode string
+
+const (
+	// ModeEnforce (the default): the rule takes part in the decision.
+	ModeEnforce Mode = "enforce"
+	// ModeShadow: the rule never grants, never denies and never stops the
+	// search; the enforced decision is the policy's without its shadow rules.
+	// Each shadow rule whose match accepts the job's claims is judged on its
+	// own, whatever the other rules decide, and Decision.Shadow says whether
+	// it would allow the request or which of its checks would deny it. A
+	// shadow rule whose match does not accept the claims is not about the
+	// job and is not reported.
+	ModeShadow Mode = "shadow"
+)
+
+// ShadowResult is a shadow rule's verdict on a request.
+type ShadowResult struct {
+	Rule       string
+	WouldAllow bool
+	Failed     string // when it would deny: the first failed check
 }
 
 // Step is one rule's part of a decision trace.
 type Step struct {
 	Rule    string
+	Shadow  bool // a rule in mode shadow: Matched means it would allow
 	Matched bool
 	Failed  string // the first failed check, e.g. `allow.scopes: write_repository not allowed`
 }
@@ -213,19 +244,36 @@ func (p *Policy) Evaluate(req Request) Decision {
 		d.Reason = bad
 		return d
 	}
-	if len(p.rules) == 0 {
-		d.Reason = "the policy has no rules, so everything is denied"
-		return d
+	var q quoter
+	p.enforce(&d, req, want, scopes, &q)
+	p.shadow(&d, req, want, &q)
+	return d
+}
+
+// enforce makes the decision of the rules in mode enforce: the first that
+// allows wins; otherwise the closest one gives the reason.
+func (p *Policy) enforce(d *Decision, req Request, want scopeSet, scopes []string, q *quoter) {
+	if p.enforced == 0 {
+		if len(p.rules) == 0 {
+			d.Reason = "the policy has no rules, so everything is denied"
+		} else {
+			d.Reason = "the policy has no rules in mode enforce, so everything is denied"
+		}
+		return
 	}
 	best, bestRule := outcome{stage: -1}, -1
-	var q quoter
 	for i, r := range p.rules {
-		o := r.evaluate(req, want, &q)
+		if r.shadow {
+			continue
+		}
+		o := r.evaluate(req, want, q)
 		d.Trace[i] = Step{Rule: r.name, Matched: o.stage == stageAllowed, Failed: o.failed}
 		if o.stage == stageAllowed {
 			notReached := fmt.Sprintf("not reached: rule %q matched first", r.name)
 			for j := i + 1; j < len(p.rules); j++ {
-				d.Trace[j] = Step{Rule: p.rules[j].name, Failed: notReached}
+				if !p.rules[j].shadow {
+					d.Trace[j] = Step{Rule: p.rules[j].name, Failed: notReached}
+				}
 			}
 			d.Allowed = true
 			d.Rule = r.name
@@ -236,7 +284,7 @@ func (p *Policy) Evaluate(req Request) Decision {
 			d.Reuse = r.reuse
 			d.RequireRunningJob = r.requireRunningJob
 			d.RuleFingerprint = r.fingerprint
-			return d
+			return
 		}
 		// The closest rule is the one that passed the most checks (a deploy
 		// rule failing only on environment beats a read rule failing on the
@@ -251,7 +299,21 @@ func (p *Policy) Evaluate(req Request) Decision {
 	} else {
 		d.Reason = fmt.Sprintf("no rule allows this request (closest: rule %q: %s)", p.rules[bestRule].name, best.failed)
 	}
-	return d
+}
+
+// shadow judges every shadow rule on its own (see ModeShadow) and fills in
+// its trace step and, when its match accepted the claims, d.Shadow.
+func (p *Policy) shadow(d *Decision, req Request, want scopeSet, q *quoter) {
+	for i, r := range p.rules {
+		if !r.shadow {
+			continue
+		}
+		o := r.evaluate(req, want, q)
+		d.Trace[i] = Step{Rule: r.name, Shadow: true, Matched: o.stage == stageAllowed, Failed: o.failed}
+		if o.stage > stageClaims {
+			d.Shadow = append(d.Shadow, ShadowResult{Rule: r.name, WouldAllow: o.stage == stageAllowed, Failed: o.failed})
+		}
+	}
 }
 
 // checkRequest validates the request itself and returns the wanted scope
