@@ -45,6 +45,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	resource := fs.String("resource", "", "")
 	scope := fs.String("scope", "", "")
 	online := fs.Bool("online", false, "")
+	projectPolicy := fs.String("project-policy", "", "")
 	help := fs.BoolP("help", "h", false, "")
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(stderr, "exchanged: %v (see exchanged --help)\n", err)
@@ -62,6 +63,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "serve":
 		return serve(ctx, *cfgPath, stderr)
 	case "check":
+		if *projectPolicy != "" {
+			withCfg := ""
+			if fs.Changed("config") {
+				withCfg = *cfgPath
+			}
+			return daemon.CheckPolicy(withCfg, *projectPolicy, stdout, stderr)
+		}
 		return daemon.Check(ctx, *cfgPath, *online, stdout, stderr)
 	case "explain":
 		scopes := strings.FieldsFunc(*scope, func(r rune) bool { return r == ',' || r == ' ' })

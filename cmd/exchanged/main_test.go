@@ -213,3 +213,54 @@ func TestUsageAndVersion(t *testing.T) {
 		t.Fatalf("unknown command: %d %q", code, errs)
 	}
 }
+
+// TestCheckProjectPolicy: check --project-policy validates a policy file on
+// its own — no service token, no ledger — and, with --config, under that
+// configuration's gitlab.url (the gitlab.com tenant rules).
+func TestCheckProjectPolicy(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(`rules:
+  - name: libs
+    match: {project_path: "platform/*"}
+    allow: {projects: [platform/lib], scopes: [read_repository]}
+  - name: trial
+    mode: shadow
+    match: {project_path: "platform/*", ref_protected: "true"}
+    allow: {projects: [platform/lib], scopes: [read_repository]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, "check", "--project-policy", pol)
+	if code != 0 || !strings.Contains(out, pol+": ok (1 rules: libs)") || !strings.Contains(out, "mode shadow, enforced nowhere: trial") {
+		t.Fatalf("check --project-policy: exit %d\n%s%s", code, out, errs)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("rules:\n  - name: r\n    mode: dry-run\n    match: {project_path: a/b}\n    allow: {projects: [a/c], scopes: [read_repository]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := runCmd(t, "check", "--project-policy", bad); code != 1 || !strings.Contains(errs, `bad.yaml:3: rule "r": mode: want enforce or shadow, not "dry-run"`) {
+		t.Fatalf("bad policy: exit %d\n%s", code, errs)
+	}
+
+	// Under a gitlab.com configuration a rule must pin a tenant.
+	cfg := contribConfig(t)
+	c, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(c), "https://gitlab.example.com", "https://gitlab.com", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	openPol := filepath.Join(dir, "open.yaml")
+	if err := os.WriteFile(openPol, []byte("rules:\n  - name: any-protected\n    match: {ref_protected: \"true\"}\n    allow: {projects: [platform/lib], scopes: [read_repository]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runCmd(t, "check", "--project-policy", openPol); code != 0 {
+		t.Fatalf("without --config: exit %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := runCmd(t, "check", "--config", cfg, "--project-policy", openPol); code != 1 || !strings.Contains(errs, "gitlab.com") {
+		t.Fatalf("gitlab.com tenant rules: exit %d\n%s", code, errs)
+	}
+}

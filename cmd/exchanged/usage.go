@@ -6,6 +6,7 @@ const usage = `NAME
 SYNOPSIS
     exchanged [serve] --config FILE
     exchanged check   --config FILE [--online]
+    exchanged check   --project-policy FILE [--config FILE]
     exchanged explain --config FILE (--claims CLAIMS.json | --id-token FILE) --resource URL --scope SCOPE[,SCOPE]
     exchanged credentials revoke --config FILE --id LEDGER_ID | --job JOB_ID
     exchanged version
@@ -33,6 +34,10 @@ COMMANDS
               (GET /personal_access_tokens/self): one GitLab rejects
               (invalid, expired, revoked) or without the api scope fails;
               otherwise it prints the token's scopes and days left.
+              With --project-policy FILE it checks that policy file alone
+              (for the CI of the repository holding it): no service token,
+              no ledger; with --config too, under that configuration's
+              gitlab.url and max_ttl. It also names the rules in mode shadow.
     explain   Print the policy's decision for the claims of an ID token (a
               JSON object, e.g. the decoded payload of a job's token), a
               resource URL and scopes: which rule matched, or for each rule
@@ -56,6 +61,8 @@ OPTIONS
                        WITHOUT verification (and labelled so) instead of --claims.
     --resource URL     explain: e.g. https://gitlab.example.com/platform/lib.git
     --scope SCOPES     explain: comma- or space-separated, e.g. read_repository
+    --project-policy FILE
+                       check: validate this policy file on its own.
     -h, --help         This text.
 
 FILES
@@ -76,6 +83,7 @@ EXIT STATUS
 
 EXAMPLES
     exchanged check --config /etc/gltoken/exchanged.yaml --online
+    exchanged check --project-policy policy.yaml
     exchanged explain --config /etc/gltoken/exchanged.yaml --claims job.json \
         --resource https://gitlab.example.com/platform/lib.git --scope read_repository
 `

@@ -203,6 +203,19 @@ func (p *Policy) RuleFingerprint(name string) (string, bool) {
 	return "", false
 }
 
+// Shadow reports whether the rule named name is in mode shadow.
+func (p *Policy) Shadow(name string) bool {
+	if p == nil {
+		return false
+	}
+	for _, r := range p.rules {
+		if r.name == name {
+			return r.shadow
+		}
+	}
+	return false
+}
+
 // Rules returns the rule names in file order.
 func (p *Policy) Rules() []string {
 	if p == nil {
