@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"gltoken.dev/gltoken/internal/seal"
 	"io"
 	"io/fs"
 	"net/url"
@@ -107,6 +108,12 @@ func (r Rotation) On() bool { return r.Enabled == nil || *r.Enabled }
 type Store struct {
 	Driver string `yaml:"driver"` // sqlite (default) | postgres
 	DSN    string `yaml:"dsn"`
+	// KeyFile names the ledger key file ("ID BASE64" lines, mode 0600 or
+	// stricter; the first key seals). With it the ledger keeps each
+	// shareable credential's secret sealed (AES-256-GCM), so a restarted
+	// daemon or another replica hands it out instead of minting; without
+	// it secrets stay in memory only.
+	KeyFile string `yaml:"key_file"`
 }
 
 // IDToken tunes verification within safe bounds.
@@ -309,6 +316,7 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.GitLab.CAFile)
 	abs(&c.GitLab.WebhookSecretFile)
 	abs(&c.PolicyFile)
+	abs(&c.Store.KeyFile)
 	if c.Store.Driver == "" || c.Store.Driver == "sqlite" {
 		abs(&c.Store.DSN)
 	}
@@ -514,6 +522,20 @@ func (c *Config) validate(d *decoder) {
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 || c.RateLimit.MintsPerJob < 0 || c.RateLimit.MintsPerProject < 0 || c.RateLimit.RemintsAfterRevoke < 0 {
 		add("rate_limit", "rate_limit: values must be positive")
 	}
+}
+
+// LoadLedgerKeys reads store.key_file (nil when none is configured) with
+// seal.Load's checks: a regular file, 0600 or stricter, every line a valid
+// key; errors name the file and line, never a key.
+func (c *Config) LoadLedgerKeys() (*seal.Keyring, error) {
+	if c.Store.KeyFile == "" {
+		return nil, nil
+	}
+	k, err := seal.Load(c.Store.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("store.key_file: %w", err)
+	}
+	return k, nil
 }
 
 // ReadWebhookSecret reads the webhook's shared secret from

@@ -66,3 +66,40 @@ func TestJobPollInterval(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadLedgerKeys(t *testing.T) {
+	if k, err := (&Config{}).LoadLedgerKeys(); k != nil || err != nil {
+		t.Fatalf("without a file: %v %v, want none", k, err)
+	}
+	file := filepath.Join(t.TempDir(), "ledger.key")
+	c := &Config{Store: Store{KeyFile: file}}
+	good := "k1 " + strings.Repeat("A", 43) + "=\n"
+	for _, tc := range []struct {
+		name, content string
+		mode          os.FileMode
+		want          string // in the error; "" = accepted
+	}{
+		{"good", good, 0o600, ""},
+		{"readable by others", good, 0o644, "mode 0644"},
+		{"not a key", "k1 c2hvcnQ=\n", 0o600, "line 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(file, []byte(tc.content), tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(file, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			k, err := c.LoadLedgerKeys()
+			if tc.want == "" {
+				if err != nil || k == nil {
+					t.Fatalf("%v %v", k, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "store.key_file") || !strings.Contains(err.Error(), file) {
+				t.Fatalf("err = %v, want store.key_file, the path and %q", err, tc.want)
+			}
+		})
+	}
+}

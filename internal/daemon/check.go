@@ -54,6 +54,10 @@ func Check(ctx context.Context, cfgPath string, online bool, stdout, stderr io.W
 		fmt.Fprintf(stderr, "%s: %v\n", cfg.File, err)
 		bad = true
 	}
+	if _, err := cfg.LoadLedgerKeys(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", cfg.File, err)
+		bad = true
+	}
 	if cfg.GitLab.CAFile != "" {
 		if _, err := gitlab.LoadCAPool(cfg.GitLab.CAFile); err != nil {
 			fmt.Fprintf(stderr, "%s: gitlab.ca_file: %v\n", cfg.File, err)

@@ -146,7 +146,16 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("service account token", err)
 	}
 	audit := log.With("log", "audit")
+	keys, err := cfg.LoadLedgerKeys()
+	if err != nil {
+		return nil, step("ledger key", err)
+	}
+	var sealer exchange.Sealer
+	if keys != nil {
+		sealer = keys
+	}
 	svc, err := exchange.New(exchange.Config{
+		Sealer:    sealer,
 		GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D(),
 		SharedStore: cfg.Store.Driver == "postgres",
 		Logger:      log, Audit: audit, Observer: m,

@@ -46,8 +46,13 @@ type Config struct {
 	SharedStore bool
 	Now         func() time.Time
 	Logger      *slog.Logger // operational log
-	Audit       *slog.Logger // one event per exchange and per revocation
-	Observer    Observer
+	// Sealer, when set (store.key_file), seals the secret of every
+	// credential minted under a reuse key into the ledger, so that after a
+	// restart, or on another replica, a job of the project is handed it
+	// instead of a new mint. Nil: secrets stay in memory only.
+	Sealer   Sealer
+	Audit    *slog.Logger // one event per exchange and per revocation
+	Observer Observer
 	// Scheduled, when set, is told each new credential's revocation time
 	// (the daemon passes Reaper.Schedule), so it is revoked at its TTL.
 	Scheduled func(at time.Time)
@@ -263,6 +268,11 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 				return minted{key, granted}, nil
 			}
 			if reuse != "" {
+				if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
+					return minted{key, granted}, nil
+				}
+			}
+			if reuse != "" && s.fromLedger(ctx, reuse, mreq, tok) {
 				if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
 					return minted{key, granted}, nil
 				}

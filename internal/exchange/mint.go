@@ -50,6 +50,9 @@ func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest,
 		// credential's first holder: job-end revocation ends it when the
 		// job ends (see Reaper.EndJob).
 		TokenExpiresAt: tok.Expiry,
+		// Another job of the project passing the same rule may be handed it
+		// (from the ledger after a restart, with a Sealer).
+		ReuseKey: reuse,
 		// The reaper looks at an unfinished intent when its lease ends, or at
 		// the credential's TTL if that comes first.
 		CreatedAt: now, ExpiresAt: mreq.ExpiresAt, NextAttemptAt: earliest(now.Add(s.cfg.MintLease), mreq.ExpiresAt),
@@ -93,6 +96,9 @@ func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest,
 		return nil, &Error{Code: CodeInvalidGrant, Description: fmt.Sprintf("job %s ended while its credential was minted; the credential is revoked", rec.JobID)}
 	}
 	cred.ExpiresAt = expires
+	if reuse != "" {
+		s.sealSecret(ctx, id, cred.Secret)
+	}
 	role := 0
 	if cred.Kind.AccessToken() {
 		role = mreq.AccessLevel
