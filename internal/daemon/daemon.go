@@ -40,6 +40,7 @@ type Daemon struct {
 	verifier *idtoken.Verifier
 	store    ledger.Store
 	reaper   *exchange.Reaper
+	svc      *exchange.Service
 	sweeper  *exchange.Sweeper
 	jobs     *exchange.JobWatch
 	webhook  atomic.Pointer[string] // the webhook's secret, "" when none
@@ -174,6 +175,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if err != nil {
 		return nil, step("exchange", err)
 	}
+	d.svc = svc
 	d.reaper = exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: audit, Observer: m, Pool: svc.Pool()}, d.store, minter, svc.Cache())
 	d.jobs = exchange.NewJobWatch(exchange.JobWatchConfig{Interval: cfg.GitLab.JobPollInterval.D(), Logger: log}, d.store, d.reaper, minter)
 	d.sweeper = exchange.NewSweeper(exchange.SweeperConfig{Interval: cfg.SweepInterval.D(), Logger: log, Audit: audit, Observer: m}, d.store, minter, minter)
@@ -296,7 +298,10 @@ func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
 			if p, err := d.policy.Reload(); err != nil {
 				d.log.Error("policy reload refused; the policy in force stays", "file", d.policy.File(), "error", err.Error())
 			} else {
-				d.log.Info("policy reloaded", "file", d.policy.File(), "rules", len(p.Rules()))
+				// Credentials cached under a rule that changed or is gone
+				// are not handed out again; they live on until their TTL.
+				dropped := d.svc.DropChangedRules(p)
+				d.log.Info("policy reloaded", "file", d.policy.File(), "rules", len(p.Rules()), "cached_credentials_dropped", dropped)
 				logWarnings(d.log, p)
 			}
 			_ = d.keeper.Reload(ctx) // a refused file is logged; the token in force stays

@@ -32,6 +32,24 @@ type cached struct {
 	scopes   []string
 	role     int    // access tokens' access level (Issued.AccessLevel)
 	reuse    string // the reuse key it was minted under, if any
+	rule     ruleID // the rule that allowed it, for DropChangedRules
+}
+
+// ruleID names a policy rule and its content fingerprint.
+type ruleID struct{ name, fp string }
+
+// dropRules drops every entry whose rule keep refuses.
+func (c *Cache) dropRules(keep func(ruleID) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k, e := range c.byKey {
+		if !keep(e.rule) {
+			c.forgetLocked(k)
+			n++
+		}
+	}
+	return n
 }
 
 // NewCache returns an empty cache.

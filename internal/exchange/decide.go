@@ -18,6 +18,7 @@ type plan struct {
 	lifetime time.Duration
 	role     int // access level of an access token; 0 for deploy tokens
 	rule     string
+	ruleFP   string // the rule's content fingerprint (Decision.RuleFingerprint)
 	scopes   []string
 }
 
@@ -36,7 +37,7 @@ func decide(pol *policy.Policy, maxTTL time.Duration, claims map[string]string, 
 		return plan{}, dec, &Error{Code: code, Description: "denied by policy: " + dec.Reason}
 	}
 	kind, owner := leastPrivilege(scopes, t.project, dec.Group)
-	p := plan{kind: kind, owner: owner, lifetime: min(dec.TTL, maxTTL), rule: dec.Rule, scopes: scopes}
+	p := plan{kind: kind, owner: owner, lifetime: min(dec.TTL, maxTTL), rule: dec.Rule, ruleFP: dec.RuleFingerprint, scopes: scopes}
 	if kind.AccessToken() {
 		p.role = dec.AccessLevel
 		if p.role == 0 {

@@ -272,7 +272,7 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 					return minted{key, granted}, nil
 				}
 			}
-			if reuse != "" && s.fromLedger(ctx, reuse, mreq, tok) {
+			if reuse != "" && s.fromLedger(ctx, reuse, mreq, tok, ruleID{p.rule, p.ruleFP}) {
 				if granted, ok := s.fromShared(ctx, reuse, key, tok); ok {
 					return minted{key, granted}, nil
 				}
@@ -280,7 +280,7 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 			if err := s.admitMint(tok, p.owner); err != nil {
 				return nil, err
 			}
-			granted, err := s.mint(ctx, key, reuse, mreq, req, tok, p.rule)
+			granted, err := s.mint(ctx, key, reuse, mreq, req, tok, ruleID{p.rule, p.ruleFP})
 			return minted{key, granted}, err
 		})
 		if err != nil {

@@ -21,7 +21,7 @@ import (
 // mint mints what mreq asks for (its Owner still unresolved: OwnerPath
 // names it) and caches it under key, and for other jobs under the reuse key
 // if there is one.
-func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest, req Request, tok *idtoken.Token, rule string) (*Issued, error) {
+func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest, req Request, tok *idtoken.Token, rule ruleID) (*Issued, error) {
 	// The mint outlives a client that hangs up: an intent half done is worse
 	// than a credential nobody collects (the reaper ends that one on time).
 	ctx = context.WithoutCancel(ctx)
@@ -43,7 +43,7 @@ func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest,
 	now := s.cfg.Now()
 	rec := ledger.Record{
 		ID: id, State: ledger.Pending, Kind: mreq.Kind, Owner: ownerID, OwnerPath: mreq.OwnerPath,
-		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule,
+		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule.name,
 		Subject: tok.Subject, ProjectID: JobProject(tok.Claims), PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID,
 		// With the ID token's exp, the intent records the job as the
@@ -103,7 +103,7 @@ func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest,
 	if cred.Kind.AccessToken() {
 		role = mreq.AccessLevel
 	}
-	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: role, reuse: reuse}, s.cfg.Now())
+	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: role, reuse: reuse, rule: rule}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: expires,
 		Scopes: mreq.Scopes, Kind: cred.Kind, AccessLevel: role, LedgerID: id}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/idtoken"
 	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/policy"
 )
 
 // Sealer encrypts the secrets the ledger keeps (seal.Keyring). Seal uses
@@ -44,7 +45,7 @@ func (s *Service) sealSecret(ctx context.Context, id, secret string) {
 // replica), and caches the longest-lived one that fits for other jobs. It
 // reports whether it cached one; the caller hands it out through
 // fromShared, which records the job as its holder.
-func (s *Service) fromLedger(ctx context.Context, reuse string, mreq MintRequest, tok *idtoken.Token) bool {
+func (s *Service) fromLedger(ctx context.Context, reuse string, mreq MintRequest, tok *idtoken.Token, rule ruleID) bool {
 	if s.cfg.Sealer == nil {
 		return false
 	}
@@ -74,8 +75,21 @@ func (s *Service) fromLedger(ctx context.Context, reuse string, mreq MintRequest
 		}
 		cred := Credential{Kind: rec.Kind, Owner: rec.Owner, OwnerPath: rec.OwnerPath, GitLabID: rec.GitLabID,
 			Name: "gltoken-" + rec.ID, Username: rec.Username, Secret: string(secret), ExpiresAt: rec.ExpiresAt}
-		s.cache.put(sharedEntryKey(rec.ID), cached{ledgerID: rec.ID, cred: cred, scopes: rec.Scopes, role: role, reuse: reuse}, now)
+		s.cache.put(sharedEntryKey(rec.ID), cached{ledgerID: rec.ID, cred: cred, scopes: rec.Scopes, role: role, reuse: reuse, rule: rule}, now)
 		return true
 	}
 	return false
+}
+
+// DropChangedRules forgets every cached credential whose rule pol no
+// longer has, or has with other content: after a policy reload no job is
+// handed, from the cache, a credential a changed rule would not grant. It
+// returns how many cache entries it dropped. The credentials themselves are
+// not revoked: each lives on until its TTL (or its jobs' end), as it would
+// have without the reload, and the jobs holding it keep it.
+func (s *Service) DropChangedRules(pol *policy.Policy) int {
+	return s.cache.dropRules(func(r ruleID) bool {
+		fp, ok := pol.RuleFingerprint(r.name)
+		return ok && fp == r.fp && !pol.Shadow(r.name) // a rule now in shadow grants nothing
+	})
 }

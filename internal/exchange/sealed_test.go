@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,5 +149,64 @@ func TestNoKeyNoSealedSecret(t *testing.T) {
 	}
 	if rec.SecretKeyID != "" || len(rec.SealedSecret) != 0 {
 		t.Fatalf("without a key the ledger keeps a sealed secret (key id %q, %d bytes)", rec.SecretKeyID, len(rec.SealedSecret))
+	}
+}
+
+func TestReloadDropsCredentialsOfChangedRules(t *testing.T) {
+	f := newFixture(t)
+	parse := func(text string) *policy.Policy {
+		p, err := policy.Parse([]byte(text), "policy.yaml", policy.Options{GitLabURL: "https://gitlab.example.com"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	var mu sync.Mutex
+	current := parse(testPolicy)
+	svc, err := New(Config{GitLabURL: "https://gitlab.example.com", MaxTTL: 12 * time.Hour, Now: f.clock.Now, Logger: slog.New(slog.DiscardHandler)},
+		f.ver, func() *policy.Policy { mu.Lock(); defer mu.Unlock(); return current }, f.minter, f.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc = svc
+	job100, job101 := f.job("100", 2*time.Hour), f.job("101", 2*time.Hour)
+	old, err := f.exchange(job100, libRepo, "read_repository")
+	if err != nil {
+		t.Fatal(err)
+	}
+	push, err := f.exchange(job100, "https://gitlab.example.com/platform/deploy.git", "write_repository")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reload cuts the rule's ttl from 1h to 15m.
+	cut := parse(strings.Replace(testPolicy, "ttl: 1h", "ttl: 15m", 1))
+	mu.Lock()
+	current = cut
+	mu.Unlock()
+	if n := f.svc.DropChangedRules(cut); n == 0 {
+		t.Fatal("the reload dropped no cached credential")
+	}
+	for _, job := range []string{job100, job101} {
+		iss, err := f.exchange(job, libRepo, "read_repository")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if iss.LedgerID == old.LedgerID || iss.ExpiresAt.After(f.clock.Now().Add(15*time.Minute)) {
+			t.Fatalf("%s after the cut: ledger id %s expiring %s; want a new credential of at most 15m", job, iss.LedgerID, iss.ExpiresAt)
+		}
+	}
+	// A rule the reload left alone keeps its cached credential.
+	if again, err := f.exchange(job100, "https://gitlab.example.com/platform/deploy.git", "write_repository"); err != nil || again.LedgerID != push.LedgerID {
+		t.Fatalf("unchanged rule: %v, %v; want the cached %s", again, err, push.LedgerID)
+	}
+	// Nothing of the old credential is left in the cache: even the old rule
+	// restored does not hand it out again.
+	restored := parse(testPolicy)
+	mu.Lock()
+	current = restored
+	mu.Unlock()
+	f.svc.DropChangedRules(restored)
+	if iss, err := f.exchange(job100, libRepo, "read_repository"); err != nil || iss.LedgerID == old.LedgerID {
+		t.Fatalf("old rule restored: %v, %v; the dropped credential %s came back", iss, err, old.LedgerID)
 	}
 }
