@@ -33,7 +33,7 @@ func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest,
 	}
 	mreq.Owner = ownerID
 	if s.pool.pools(mreq) {
-		return s.poolMint(ctx, key, mreq, req, tok, rule)
+		return s.poolMint(ctx, key, reuse, mreq, req, tok, rule)
 	}
 	id, err := newLedgerID()
 	if err != nil {

@@ -345,8 +345,9 @@ func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (strin
 	return slotRevoked, p.store.MarkRevoked(ctx, cur.ID, p.now())
 }
 
-// poolMint serves a mint of the service from the pool.
-func (s *Service) poolMint(ctx context.Context, key string, mreq MintRequest, req Request, tok *idtoken.Token, rule ruleID) (*Issued, error) {
+// poolMint serves a mint of the service from the pool. Like a minted
+// credential, a pooled one is offered to other jobs under the reuse key.
+func (s *Service) poolMint(ctx context.Context, key, reuse string, mreq MintRequest, req Request, tok *idtoken.Token, rule ruleID) (*Issued, error) {
 	base := ledger.Record{Resource: req.Resource, Rule: rule.name,
 		Subject: tok.Subject, ProjectID: tok.Claims["project_id"], PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID}
@@ -361,7 +362,7 @@ func (s *Service) poolMint(ctx context.Context, key string, mreq MintRequest, re
 	if s.cfg.Scheduled != nil {
 		s.cfg.Scheduled(cred.ExpiresAt)
 	}
-	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: mreq.AccessLevel, rule: rule}, s.cfg.Now())
+	s.cache.put(key, cached{ledgerID: id, cred: cred, scopes: mreq.Scopes, role: mreq.AccessLevel, rule: rule, reuse: reuse}, s.cfg.Now())
 	return &Issued{AccessToken: cred.Secret, Username: cred.Username, ExpiresAt: cred.ExpiresAt,
 		Scopes: mreq.Scopes, Kind: cred.Kind, AccessLevel: mreq.AccessLevel, LedgerID: id}, nil
 }

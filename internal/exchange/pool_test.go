@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,9 +24,12 @@ import (
 // against the real GitLab adapter, the stand-in and an SQLite ledger, with a
 // fake clock.
 
+// poolPolicy gives each job its own credential (reuse: job), so that the
+// pool's tests see one hand-out per job; TestPoolSharedByTheProject shares.
 const poolPolicy = `
 rules:
   - name: app-pushes-deploy
+    reuse: job
     match:
       project_path: platform/app
     allow:
@@ -58,7 +62,12 @@ type poolFixture struct {
 
 func newPoolFixture(t *testing.T, f *lifeFixture) *poolFixture {
 	t.Helper()
-	pol, err := policy.Parse([]byte(poolPolicy), "policy.yaml", policy.Options{GitLabURL: f.gl.URL()})
+	return newPoolFixtureWith(t, f, poolPolicy)
+}
+
+func newPoolFixtureWith(t *testing.T, f *lifeFixture, policyText string) *poolFixture {
+	t.Helper()
+	pol, err := policy.Parse([]byte(policyText), "policy.yaml", policy.Options{GitLabURL: f.gl.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,4 +329,53 @@ func TestPoolCrashAfterRotate(t *testing.T) {
 	if st := p.gl.Stats(); st.AccessTokenCreates != 1 || st.BotUsers != 1 {
 		t.Fatalf("stand-in %+v, want 1 create and 1 bot user", st)
 	}
+}
+
+// TestPoolSharedByTheProject: with reuse: project (the default) the push
+// jobs of one project share a slot's secret, so many concurrent jobs need
+// neither a third bot user nor a 503; a slot whose earlier holders all
+// ended still serves (its secret ends at its TTL, not at job end).
+func TestPoolSharedByTheProject(t *testing.T) {
+	p := newPoolFixtureWith(t, newLifeFixture(t), strings.Replace(poolPolicy, "    reuse: job\n", "", 1))
+	const jobs = 20
+	got := make([]*exchange.Issued, jobs)
+	var wg sync.WaitGroup
+	for i := range jobs {
+		wg.Go(func() {
+			iss, err := p.push(i + 1)
+			if err != nil {
+				t.Errorf("job %d: %v", i+1, err)
+				return
+			}
+			got[i] = iss
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, g := range got {
+		if g.AccessToken != got[0].AccessToken {
+			t.Fatal("concurrent push jobs of one project got different secrets")
+		}
+	}
+	if !gitWorks(t, p.gl, got[0].Username, got[0].AccessToken) {
+		t.Fatal("the shared secret does not work at git")
+	}
+	for i := range jobs {
+		if _, err := p.reaper.EndJob(context.Background(), strconv.Itoa(i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	late, err := p.push(jobs + 1)
+	if err != nil {
+		t.Fatalf("a job after the others ended: %v", err)
+	}
+	if !gitWorks(t, p.gl, late.Username, late.AccessToken) {
+		t.Fatal("the late job's secret does not work at git")
+	}
+	if st := p.gl.Stats(); st.BotUsers > 2 || st.AccessTokenCreates > 2 {
+		t.Fatalf("stand-in %+v: want at most 2 bot users", st)
+	}
+	t.Logf("%d concurrent push jobs and a late one: %+v", jobs, p.gl.Stats())
 }
