@@ -76,6 +76,27 @@ func CheckHolder(h Holder) error {
 	return nil
 }
 
+// CheckRotated validates Rotated's arguments and returns the secret's
+// fingerprint normalised ("" when nobody knows the secret).
+func CheckRotated(id string, fromGitLabID, toGitLabID int64, secretSHA256 string, expiresAt time.Time) (string, error) {
+	sha := ""
+	if secretSHA256 != "" {
+		var err error
+		if sha, err = CheckFingerprint(secretSHA256); err != nil {
+			return "", err
+		}
+	}
+	switch {
+	case id == "":
+		return "", errors.New("empty id")
+	case expiresAt.IsZero():
+		return "", errors.New("no expiry, so it would never be renewed")
+	case fromGitLabID <= 0 || toGitLabID <= 0:
+		return "", errors.New("GitLab ids must be positive")
+	}
+	return sha, nil
+}
+
 // CheckSeal validates SealSecret's arguments.
 func CheckSeal(keyID string, sealed []byte) error {
 	switch {

@@ -10,22 +10,11 @@ import (
 
 // Rotated records a rotation of a pool slot's token (ledger.SlotStore).
 func (s *Store) Rotated(ctx context.Context, id string, fromGitLabID, toGitLabID int64, secretSHA256 string, expiresAt time.Time) error {
-	sha := ""
-	if secretSHA256 != "" {
-		var err error
-		if sha, err = ledger.CheckFingerprint(secretSHA256); err != nil {
-			return fmt.Errorf("postgres: rotated %s: %w", id, err)
-		}
+	sha, err := ledger.CheckRotated(id, fromGitLabID, toGitLabID, secretSHA256, expiresAt)
+	if err != nil {
+		return fmt.Errorf("postgres: rotated %s: %w", id, err)
 	}
-	switch {
-	case id == "":
-		return fmt.Errorf("postgres: rotated: empty id")
-	case expiresAt.IsZero():
-		return fmt.Errorf("postgres: rotated %s: no expiry, so it would never be renewed", id)
-	case fromGitLabID <= 0 || toGitLabID <= 0:
-		return fmt.Errorf("postgres: rotated %s: GitLab ids must be positive", id)
-	}
-	err := s.transition(ctx, id, nil,
+	err = s.transition(ctx, id, nil,
 		`UPDATE ledger_records SET gitlab_id = $2, secret_sha256 = $3, expires_at = $4, next_attempt_at = $4,
 			attempts = 0, last_error = '', secret_key_id = '', sealed_secret = NULL
 		WHERE id = $1 AND state = 'active' AND gitlab_id = $5`,
