@@ -52,6 +52,12 @@ func (c *Cache) dropRules(keep func(ruleID) bool) int {
 	return n
 }
 
+// issued is the answer a cached credential gives.
+func (e cached) issued() *Issued {
+	return &Issued{AccessToken: e.cred.Secret, Username: e.cred.Username, ExpiresAt: e.cred.ExpiresAt,
+		Scopes: e.scopes, Kind: e.cred.Kind, AccessLevel: e.role, LedgerID: e.ledgerID, Cached: true}
+}
+
 // NewCache returns an empty cache.
 func NewCache() *Cache {
 	return &Cache{byKey: map[string]cached{}, bySHA: map[string]map[string]bool{}, shared: map[string]map[string]bool{}}

@@ -345,8 +345,9 @@ func (s *Service) fromShared(ctx context.Context, reuse, key string, tok *idtoke
 	own := c
 	own.reuse = ""
 	s.cache.put(key, own, now)
-	return &Issued{AccessToken: c.cred.Secret, Username: c.cred.Username, ExpiresAt: c.cred.ExpiresAt,
-		Scopes: c.scopes, Kind: c.cred.Kind, AccessLevel: c.role, LedgerID: c.ledgerID, Cached: true, Reused: true}, true
+	granted := c.issued()
+	granted.Reused = true
+	return granted, true
 }
 
 // fromCache returns the credential cached for key while it has more than
@@ -366,8 +367,7 @@ func (s *Service) fromCache(ctx context.Context, key string) (*Issued, bool) {
 			return nil, false
 		}
 	}
-	return &Issued{AccessToken: c.cred.Secret, Username: c.cred.Username, ExpiresAt: c.cred.ExpiresAt,
-		Scopes: c.scopes, Kind: c.cred.Kind, AccessLevel: c.role, LedgerID: c.ledgerID, Cached: true}, true
+	return c.issued(), true
 }
 
 // Revoke ends the credential whose secret is token (RFC 7009). Unknown
