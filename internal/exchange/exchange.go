@@ -299,13 +299,6 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 	}
 }
 
-// slotSecretLive reports whether the pool slot's record is still Active
-// with the cached secret (not rotated away).
-func (s *Service) slotSecretLive(ctx context.Context, c cached) bool {
-	rec, err := s.store.Get(ctx, c.ledgerID)
-	return err == nil && rec.State == ledger.Active && rec.SecretSHA256 == fingerprint.Of(c.cred.Secret)
-}
-
 // minted is a flight's result: the credential and the cache key of the job
 // it was obtained for.
 type minted struct {
@@ -326,21 +319,15 @@ func (s *Service) fromShared(ctx context.Context, reuse, key string, tok *idtoke
 	h := ledger.Holder{LedgerID: c.ledgerID, JobID: tok.Claims["job_id"], ProjectID: JobProject(tok.Claims),
 		PipelineID: tok.Claims["pipeline_id"], TokenExpiresAt: tok.Expiry, HeldSince: now}
 	if err := s.store.AddHolder(ctx, h); err != nil {
-		switch {
-		case errors.Is(err, ledger.ErrConflict) && IsPoolSlot(c.ledgerID) && s.slotSecretLive(ctx, c):
-			// A pool slot's secret ends at its TTL (rotated), not at job
-			// end, so a slot whose earlier holders all ended still serves
-			// the project's jobs; only the hold cannot be recorded.
-		case errors.Is(err, ledger.ErrConflict) || errors.Is(err, ledger.ErrNotFound):
-			// Revoked, or every holder let go (its last job ended): never
-			// hand it out again.
+		if errors.Is(err, ledger.ErrConflict) || errors.Is(err, ledger.ErrNotFound) {
+			// Revoked, or every holder let go (its last job ended; never a
+			// pool slot, whose secret ends at its TTL): never hand it out
+			// again.
 			s.cache.forgetLedgerID(c.ledgerID)
-			return nil, false
-		default:
-			// A ledger that cannot be written means no hold can be
-			// recorded, so the credential is not shared either.
-			return nil, false
 		}
+		// A ledger that cannot be written means no hold can be recorded,
+		// so the credential is not shared either.
+		return nil, false
 	}
 	own := c
 	own.reuse = ""

@@ -61,10 +61,11 @@ const DefaultPoolIdle = 24 * time.Hour
 const maxSlotIndex = 64
 
 // poolPrefix starts every slot's ledger id; newLedgerID never makes one.
-const poolPrefix = "pool-"
+// The stores know it too: a slot is never let go when its jobs end.
+const poolPrefix = ledger.SlotIDPrefix
 
 // IsPoolSlot reports whether a ledger id is an access-token pool slot.
-func IsPoolSlot(id string) bool { return strings.HasPrefix(id, poolPrefix) }
+func IsPoolSlot(id string) bool { return ledger.IsSlotID(id) }
 
 // Pool keeps the access-token slots. The service builds it (Service.Pool)
 // when its store implements ledger.SlotStore and its minter Rotator; the
@@ -348,9 +349,11 @@ func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (strin
 // poolMint serves a mint of the service from the pool. Like a minted
 // credential, a pooled one is offered to other jobs under the reuse key.
 func (s *Service) poolMint(ctx context.Context, key, reuse string, mreq MintRequest, req Request, tok *idtoken.Token, rule ruleID) (*Issued, error) {
+	// With the ID token's exp, a new slot's intent records the job as its
+	// first holder; a hand-out of an existing slot records it below.
 	base := ledger.Record{Resource: req.Resource, Rule: rule.name,
-		Subject: tok.Subject, ProjectID: tok.Claims["project_id"], PipelineID: tok.Claims["pipeline_id"],
-		JobID: tok.Claims["job_id"], TokenJTI: tok.ID}
+		Subject: tok.Subject, ProjectID: JobProject(tok.Claims), PipelineID: tok.Claims["pipeline_id"],
+		JobID: tok.Claims["job_id"], TokenJTI: tok.ID, TokenExpiresAt: tok.Expiry}
 	id, cred, err := s.pool.acquire(ctx, mreq, base, s.cfg.MintLease)
 	var me mintErr
 	if errors.As(err, &me) {
@@ -358,6 +361,17 @@ func (s *Service) poolMint(ctx context.Context, key, reuse string, mreq MintRequ
 	}
 	if err != nil {
 		return nil, err
+	}
+	if job := tok.Claims["job_id"]; job != "" {
+		// The slot stays when its jobs end (its secret rotates at its
+		// TTL), so the hold serves the record of who held it and the job
+		// watch; a hold that cannot be written does not take the rotated
+		// secret back from the job.
+		h := ledger.Holder{LedgerID: id, JobID: job, ProjectID: JobProject(tok.Claims),
+			PipelineID: tok.Claims["pipeline_id"], TokenExpiresAt: tok.Expiry, HeldSince: s.cfg.Now()}
+		if err := s.store.AddHolder(ctx, h); err != nil {
+			s.cfg.Logger.Warn("pool slot handed out, but its hold was not recorded", "ledger_id", id, "job_id", job, "error", err)
+		}
 	}
 	if s.cfg.Scheduled != nil {
 		s.cfg.Scheduled(cred.ExpiresAt)

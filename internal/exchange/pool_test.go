@@ -334,7 +334,8 @@ func TestPoolCrashAfterRotate(t *testing.T) {
 // TestPoolSharedByTheProject: with reuse: project (the default) the push
 // jobs of one project share a slot's secret, so many concurrent jobs need
 // neither a third bot user nor a 503; a slot whose earlier holders all
-// ended still serves (its secret ends at its TTL, not at job end).
+// ended still serves (its secret ends at its TTL, not at job end), and the
+// ledger records every job that held it, the late one too.
 func TestPoolSharedByTheProject(t *testing.T) {
 	p := newPoolFixtureWith(t, newLifeFixture(t), strings.Replace(poolPolicy, "    reuse: job\n", "", 1))
 	const jobs = 20
@@ -373,6 +374,25 @@ func TestPoolSharedByTheProject(t *testing.T) {
 	}
 	if !gitWorks(t, p.gl, late.Username, late.AccessToken) {
 		t.Fatal("the late job's secret does not work at git")
+	}
+	if rec, err := p.store.Get(context.Background(), late.LedgerID); err != nil || rec.State != ledger.Active {
+		t.Fatalf("the slot after its jobs ended: %+v, %v; want active", rec, err)
+	}
+	hs, err := p.store.Holders(context.Background(), late.LedgerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]bool{}
+	for _, h := range hs {
+		held[h.JobID] = h.Holding()
+	}
+	for i := range jobs {
+		if holding, ok := held[strconv.Itoa(i+1)]; !ok || holding {
+			t.Errorf("job %d: recorded %v, holding %v; want recorded and let go", i+1, ok, holding)
+		}
+	}
+	if !held[strconv.Itoa(jobs+1)] {
+		t.Errorf("the late job's hold is not recorded: %+v", hs)
 	}
 	if st := p.gl.Stats(); st.BotUsers > 2 || st.AccessTokenCreates > 2 {
 		t.Fatalf("stand-in %+v: want at most 2 bot users", st)

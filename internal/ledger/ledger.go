@@ -159,6 +159,9 @@ var ErrExists = errors.New("ledger: record already exists")
 //     none of them holds it any more. A let-go record takes no new holder
 //     and is never reusable, so a credential job-end revocation is about to
 //     end is not handed to another job meanwhile.
+//     A pool slot's record (IsSlotID) is never let go: the slot stays and
+//     its secret rotates at its TTL, so it takes new holders after every
+//     earlier one let go, and ReleaseJob never returns it.
 //   - A sealed secret is kept only while the record is Active.
 type Store interface {
 	// CreateIntent inserts a Pending record with every field as given (State
@@ -198,8 +201,9 @@ type Store interface {
 	// AddHolder records that job h.JobID holds credential h.LedgerID since
 	// h.HeldSince (LedgerID, JobID, TokenExpiresAt and HeldSince required).
 	// A no-op if the job holds it already (the first hold stays).
-	// ErrConflict if the record is Revoked or Abandoned, is let go, or the
-	// job held it and let go; ErrNotFound if there is no record.
+	// ErrConflict if the record is Revoked or Abandoned, is let go (never a
+	// pool slot's), or the job held it and let go; ErrNotFound if there is
+	// no record.
 	AddHolder(ctx context.Context, h Holder) error
 	// Holders lists every holder of a credential, past and present, oldest
 	// hold first (then by JobID). None for an unknown record.
@@ -213,9 +217,9 @@ type Store interface {
 	LiveHolds(ctx context.Context, limit int) ([]Holder, error)
 	// ReleaseJob lets go of every hold of job jobID (ReleasedAt = at, not
 	// zero) and returns the ids of the Pending or Active records that no job
-	// holds any more (sorted), which job-end revocation then ends. Holds
-	// already let go keep their first ReleasedAt. Releasing a job twice, or
-	// one that holds nothing, returns nothing.
+	// holds any more (sorted; never a pool slot's), which job-end revocation
+	// then ends. Holds already let go keep their first ReleasedAt.
+	// Releasing a job twice, or one that holds nothing, returns nothing.
 	ReleaseJob(ctx context.Context, jobID string, at time.Time) ([]string, error)
 	// ClaimDue returns at most limit records that are Pending or Active with
 	// NextAttemptAt <= now, oldest first (by NextAttemptAt, then ID), and

@@ -2,8 +2,18 @@ package ledger
 
 import (
 	"context"
+	"strings"
 	"time"
 )
+
+// SlotIDPrefix starts the id of every pool slot's record (and no other
+// record's id). A slot's record outlives the jobs that hold it: its secret
+// ends by rotation at its TTL, not when its holders' jobs end, so the
+// stores never treat a slot as let go (see Store).
+const SlotIDPrefix = "pool-"
+
+// IsSlotID reports whether id names a pool slot's record.
+func IsSlotID(id string) bool { return strings.HasPrefix(id, SlotIDPrefix) }
 
 // SlotStore is implemented next to Store by the stores that can keep a pool
 // slot: one Active record for one GitLab access token (one bot user) that is

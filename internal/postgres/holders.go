@@ -81,7 +81,9 @@ func (s *Store) AddHolder(ctx context.Context, h ledger.Holder) error {
 			return fmt.Errorf("%w (it is %s)", ledger.ErrConflict, state)
 		case mine > 0:
 			return fmt.Errorf("%w (the job let go of it)", ledger.ErrConflict)
-		case holders > 0 && holding == 0:
+		case holders > 0 && holding == 0 && !ledger.IsSlotID(h.LedgerID):
+			// A pool slot stays when its jobs end (its secret rotates at
+			// its TTL): only other credentials are let go.
 			return fmt.Errorf("%w (every job that held it let go)", ledger.ErrConflict)
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO ledger_holders
@@ -147,9 +149,9 @@ func (s *Store) LiveHolds(ctx context.Context, limit int) ([]ledger.Holder, erro
 }
 
 // ReleaseJob lets go of a job's holds and returns the live credentials no
-// job holds any more. The records are locked in id order (AddHolder locks
-// one), so two releases or a release and a hold never deadlock and never
-// both miss the last holder.
+// job holds any more (never a pool slot: it stays, its secret rotates). The
+// records are locked in id order (AddHolder locks one), so two releases or a
+// release and a hold never deadlock and never both miss the last holder.
 func (s *Store) ReleaseJob(ctx context.Context, jobID string, at time.Time) ([]string, error) {
 	if at.IsZero() {
 		return nil, fmt.Errorf("postgres: release job %s: no release time", jobID)
@@ -176,7 +178,8 @@ func (s *Store) ReleaseJob(ctx context.Context, jobID string, at time.Time) ([]s
 		}
 		rows, err = tx.Query(ctx, `SELECT r.id FROM ledger_records r
 			WHERE r.id = ANY($1) AND r.state IN ('pending', 'active') AND `+letGo+`
-			ORDER BY r.id`, ids)
+				AND NOT starts_with(r.id, $2)
+			ORDER BY r.id`, ids, ledger.SlotIDPrefix)
 		if err != nil {
 			return err
 		}

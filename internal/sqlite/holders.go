@@ -96,7 +96,9 @@ func (s *Store) addHolder(ctx context.Context, h ledger.Holder) error {
 		return fmt.Errorf("%w (it is %s)", ledger.ErrConflict, state)
 	case mine > 0:
 		return fmt.Errorf("%w (the job let go of it)", ledger.ErrConflict)
-	case holders > 0 && holding == 0:
+	case holders > 0 && holding == 0 && !ledger.IsSlotID(h.LedgerID):
+		// A pool slot stays when its jobs end (its secret rotates at its
+		// TTL): only other credentials are let go.
 		return fmt.Errorf("%w (every job that held it let go)", ledger.ErrConflict)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_holders
@@ -159,7 +161,7 @@ func (s *Store) LiveHolds(ctx context.Context, limit int) ([]ledger.Holder, erro
 }
 
 // ReleaseJob lets go of a job's holds and returns the live credentials no
-// job holds any more.
+// job holds any more (never a pool slot: it stays, its secret rotates).
 func (s *Store) ReleaseJob(ctx context.Context, jobID string, at time.Time) ([]string, error) {
 	if at.IsZero() {
 		return nil, fmt.Errorf("sqlite: release job %s: no release time", jobID)
@@ -204,7 +206,8 @@ func (s *Store) releaseJob(ctx context.Context, jobID string, at time.Time) ([]s
 		}
 		rows, err := tx.QueryContext(ctx, `SELECT r.id FROM ledger_records r
 			WHERE r.id IN (SELECT value FROM json_each(?)) AND r.state IN ('pending', 'active') AND `+letGo+`
-			ORDER BY r.id`, list)
+				AND substr(r.id, 1, ?) <> ?
+			ORDER BY r.id`, list, len(ledger.SlotIDPrefix), ledger.SlotIDPrefix)
 		if err != nil {
 			return nil, err
 		}

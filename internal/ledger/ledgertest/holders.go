@@ -338,6 +338,71 @@ func testReleaseJob(t *testing.T, s ledger.Store) {
 	}
 }
 
+// testSlotHolders: a pool slot's record is never let go. Its jobs end and
+// it stays (its secret rotates at its TTL, whoever held it), so ReleaseJob
+// never returns it and it takes new holders; a job that let go still does
+// not hold it again, and an ended slot takes none.
+func testSlotHolders(t *testing.T, s ledger.Store) {
+	ctx := ctxFor(t)
+	slot := ledger.SlotIDPrefix + "abc-0"
+	r := NewRecord(slot, t0, t0)
+	r.JobID = "job-1"
+	mustCreate(t, s, r)
+	mustActivate(t, s, slot, t0.Add(time.Hour))
+	mustHold(t, s, hold(slot, "job-2", t0.Add(time.Second)))
+	// An ordinary credential held by the same jobs, for comparison.
+	pl := NewRecord("plain", t0, t0)
+	pl.JobID = "job-1"
+	mustCreate(t, s, pl)
+	mustActivate(t, s, "plain", t0.Add(time.Hour))
+	mustHold(t, s, hold("plain", "job-2", t0.Add(time.Second)))
+
+	if got := mustRelease(t, s, "job-1", t0.Add(time.Minute)); !slices.Equal(got, []string(nil)) {
+		t.Fatalf("ReleaseJob(job-1) = %q, want none (job-2 holds both)", got)
+	}
+	if got := mustRelease(t, s, "job-2", t0.Add(2*time.Minute)); !slices.Equal(got, []string{"plain"}) {
+		t.Fatalf("ReleaseJob(job-2) = %q, want only plain: a pool slot is not ended at job end", got)
+	}
+	if err := s.AddHolder(ctx, hold("plain", "job-3", t0.Add(3*time.Minute))); !errors.Is(err, ledger.ErrConflict) {
+		t.Fatalf("AddHolder on an ordinary credential every job let go: %v, want ErrConflict", err)
+	}
+	// The slot takes the next job, which is recorded like any holder.
+	h3 := hold(slot, "job-3", t0.Add(3*time.Minute))
+	mustHold(t, s, h3)
+	hs := mustHolders(t, s, slot)
+	if got := holderJobs(hs); !slices.Equal(got, []string{"job-1", "job-2", "job-3"}) {
+		t.Fatalf("slot holders = %q, want job-1 job-2 job-3", got)
+	}
+	checkHolder(t, hs[2], h3)
+	if got := holderLedgerIDs(mustHoldsOf(t, s, "job-3")); !slices.Equal(got, []string{slot}) {
+		t.Errorf("Holds(job-3) = %q, want the slot", got)
+	}
+	if err := s.AddHolder(ctx, hold(slot, "job-1", t0.Add(4*time.Minute))); !errors.Is(err, ledger.ErrConflict) {
+		t.Errorf("AddHolder on the slot by a job that let go: %v, want ErrConflict", err)
+	}
+	if got := mustRelease(t, s, "job-3", t0.Add(5*time.Minute)); len(got) != 0 {
+		t.Errorf("ReleaseJob(job-3) = %q, want none", got)
+	}
+	if g := mustGet(t, s, slot); g.State != ledger.Active {
+		t.Errorf("the slot is %s after its jobs ended, want active", g.State)
+	}
+	// A pending slot (its first mint under way) is not ended either.
+	pend := ledger.SlotIDPrefix + "abc-1"
+	pr := NewRecord(pend, t0, t0)
+	pr.JobID = "job-4"
+	mustCreate(t, s, pr)
+	if got := mustRelease(t, s, "job-4", t0.Add(time.Minute)); len(got) != 0 {
+		t.Errorf("ReleaseJob(job-4) = %q, want none for a pending slot", got)
+	}
+	// An ended slot takes no holder.
+	if err := s.MarkRevoked(ctx, slot, t0.Add(6*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddHolder(ctx, hold(slot, "job-5", t0.Add(7*time.Minute))); !errors.Is(err, ledger.ErrConflict) {
+		t.Errorf("AddHolder on a revoked slot: %v, want ErrConflict", err)
+	}
+}
+
 func testSealSecret(t *testing.T, s ledger.Store) {
 	ctx := ctxFor(t)
 	mustCreate(t, s, NewRecord("sealed", t0, t0))

@@ -71,6 +71,7 @@ func Run(t *testing.T, open func(t *testing.T) ledger.Store) {
 		{"AddHolderRefusesBadInput", testAddHolderRefusesBadInput},
 		{"Holds", testHolds},
 		{"ReleaseJob", testReleaseJob},
+		{"SlotHolders", testSlotHolders},
 		{"LiveHolds", testLiveHolds},
 		{"SealSecret", testSealSecret},
 		{"Reusable", testReusable},
