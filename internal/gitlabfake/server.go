@@ -42,7 +42,6 @@ import (
 	"net/http"
 	"os"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -199,8 +198,17 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// TB is the part of testing.TB that Start uses; *testing.T and *testing.B
+// satisfy it. The package does not import testing, so the binaries built on
+// the stand-in (the demo, gitlab-standin, loadgen) do not link it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Start is New for tests: it fails tb on error and closes the server in tb.Cleanup.
-func Start(tb testing.TB, opts Options) *Server {
+func Start(tb TB, opts Options) *Server {
 	tb.Helper()
 	s, err := New(opts)
 	if err != nil {
