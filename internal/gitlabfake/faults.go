@@ -15,6 +15,13 @@ type Fault struct {
 	Method     string // "" matches any method
 	PathPrefix string // prefix of the escaped path; "" matches any path
 	Status     int    // answer this status instead of serving (429 answers "Retry later" as Rack::Attack does)
+	// Message, when set, is the answer's {"message": Message}, as GitLab's
+	// render_api_error! writes it: a string ("400 Bad request - Failed to find
+	// bot user"), or an object for model validation errors
+	// ({"name": ["has already been taken"]}) and for an application rate limit's
+	// 429 ({"error": "This endpoint has been requested too many times. Try
+	// again later."}, which carries no Retry-After). Default "<Status> <text>".
+	Message    any
 	RetryAfter time.Duration
 	Latency    time.Duration // wait this long before answering (or serving)
 	// LoseResponse performs the request for real, then answers Status (if set, e.g. 502) or drops

@@ -61,6 +61,40 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("after remove: %d", r.status)
 		}
 	})
+	t.Run("GitLab's message", func(t *testing.T) {
+		for _, tt := range []struct {
+			name    string
+			fault   Fault
+			body    string
+			headers map[string]string // "" means absent
+		}{
+			{"string", Fault{Status: 400, Message: "400 Bad request - Failed to find bot user", Times: 1},
+				`{"message":"400 Bad request - Failed to find bot user"}`, map[string]string{"Content-Type": "application/json"}},
+			{"validation errors", Fault{Status: 400, Message: map[string][]string{"name": {"has already been taken"}}, Times: 1},
+				`{"message":{"name":["has already been taken"]}}`, nil},
+			{"application rate limit", Fault{Status: 429, Message: map[string]string{"error": "This endpoint has been requested too many times. Try again later."}, Times: 1},
+				`{"message":{"error":"This endpoint has been requested too many times. Try again later."}}`,
+				map[string]string{"Retry-After": "", "Content-Type": "application/json"}},
+			{"default", Fault{Status: 422, Times: 1}, `{"message":"422 Unprocessable Entity"}`, nil},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				tt.fault.Method, tt.fault.PathPrefix = "GET", "/api/v4/projects/1"
+				f.s.InjectFault(tt.fault)
+				r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", "")
+				if r.status != tt.fault.Status || strings.TrimSpace(string(r.body)) != tt.body {
+					t.Fatalf("%d %s, want %d %s", r.status, r.body, tt.fault.Status, tt.body)
+				}
+				for k, v := range tt.headers {
+					if got := r.header.Get(k); got != v {
+						t.Errorf("%s = %q, want %q", k, got, v)
+					}
+				}
+				if r.header.Get("RateLimit-Reset") == "" {
+					t.Error("RateLimit-* headers missing")
+				}
+			})
+		}
+	})
 	t.Run("lost response: 502 after the work is done", func(t *testing.T) {
 		f.s.InjectFault(Fault{Method: "POST", PathPrefix: "/api/v4/projects/platform%2Fapp/deploy_tokens", LoseResponse: true, Status: 502, Times: 1})
 		_, resp, err := c.DeployTokens.CreateProjectDeployToken("platform/app", opts)

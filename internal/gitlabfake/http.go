@@ -89,13 +89,13 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			if f.RetryAfter > 0 {
 				sw.Header().Set("Retry-After", strconv.Itoa(int((f.RetryAfter+time.Second-1)/time.Second)))
 			}
-			if f.Status == http.StatusTooManyRequests {
+			if f.Status == http.StatusTooManyRequests && f.Message == nil {
 				sw.Header().Set("Content-Type", "text/plain")
 				sw.WriteHeader(f.Status)
 				_, _ = io.WriteString(sw, "Retry later\n")
 				return
 			}
-			writeMessage(sw, f.Status, fmt.Sprintf("%d %s", f.Status, http.StatusText(f.Status)))
+			writeFault(sw, f)
 			return
 		}
 		if limited {
@@ -110,7 +110,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			rec := httptest.NewRecorder()
 			next.ServeHTTP(rec, r)
 			if f.Status != 0 {
-				writeMessage(sw, f.Status, fmt.Sprintf("%d %s", f.Status, http.StatusText(f.Status)))
+				writeFault(sw, f)
 				return
 			}
 			if hj, ok := w.(http.Hijacker); ok {
@@ -124,6 +124,15 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(sw, r)
 	})
+}
+
+// writeFault answers a fault's status with GitLab's error shape.
+func writeFault(w http.ResponseWriter, f *Fault) {
+	if f.Message != nil {
+		writeJSON(w, f.Status, map[string]any{"message": f.Message})
+		return
+	}
+	writeMessage(w, f.Status, fmt.Sprintf("%d %s", f.Status, http.StatusText(f.Status)))
 }
 
 // route is one "METHOD /api/v4/projects/:id/..." pattern matched on the escaped path.
