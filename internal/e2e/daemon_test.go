@@ -21,6 +21,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"gltoken.dev/gltoken/internal/gitlabfake"
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 // TestVerificationThroughTheDaemon sends forged, stale and misaddressed ID
@@ -187,7 +188,7 @@ func TestMetricsAndAudit(t *testing.T) {
 	assertNoSecrets(t, "metrics", m)
 
 	var granted map[string]any
-	for _, line := range d.logs.lines() {
+	for _, line := range d.logs.Lines() {
 		if strings.Contains(line, `"audit":"gltoken"`) && strings.Contains(line, `"outcome":"granted"`) {
 			_ = json.Unmarshal([]byte(line), &granted)
 		}
@@ -318,7 +319,7 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	d.logs = &syncBuffer{}
+	d.logs = &syncbuf.Buffer{}
 	d.cmd = exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" serve --config "$1"`, filepath.Join(binDir, "exchanged"), d.cfgPath)
 	d.cmd.ExtraFiles = []*os.File{f}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs

@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -17,12 +16,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"gltoken.dev/gltoken/internal/gitlabfake"
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 // binDir holds exchanged, git-credential-gltoken and the docker-credential-gltoken link,
@@ -142,7 +141,7 @@ type daemon struct {
 	caFile  string // CA of its TLS certificate, when it speaks https
 	dbPath  string
 	cmd     *exec.Cmd
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	done    chan struct{}
 }
 
@@ -214,7 +213,7 @@ log_level: debug
 
 func (d *daemon) start() {
 	d.t.Helper()
-	d.logs = &syncBuffer{}
+	d.logs = &syncbuf.Buffer{}
 	d.cmd = exec.Command(filepath.Join(binDir, "exchanged"), "serve", "--config", d.cfgPath)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -413,34 +412,6 @@ func (w *world) liveMinted() []gitlabfake.TokenState {
 		if strings.HasPrefix(tok.Name, "gltoken-") && !tok.Revoked && !tok.Deleted {
 			out = append(out, tok)
 		}
-	}
-	return out
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's stdout and a test reading it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) lines() []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(s.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		out = append(out, sc.Text())
 	}
 	return out
 }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 // registry is Debian's docker-registry (distribution 2.8) serving https on
@@ -64,7 +66,7 @@ auth:
 	cfgFile := filepath.Join(dir, "config.yml")
 	writeFile(t, cfgFile, cfg, 0o644)
 	cmd := exec.Command(bin, "serve", cfgFile)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package idtoken
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -11,9 +10,10 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 func TestVerifyValidToken(t *testing.T) {
@@ -106,7 +106,7 @@ func TestVerifyRejects(t *testing.T) {
 	otherKey := newRSAKey(t, "rsa-2") // never published
 	ecKey := newECKey(t, "ec-1")      // published, but ES256 is not allowed
 	srv := newJWKSServer(t, rsaKey, ecKey)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{} // the verifier's goroutines write it
 	v := newTestVerifier(t, srv, clk, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -264,24 +264,6 @@ func leaks(s, token string) bool {
 		}
 	}
 	return false
-}
-
-// syncBuffer is a log sink safe for the verifier's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 func TestAlgorithmKeyMismatch(t *testing.T) {

@@ -1,7 +1,6 @@
 package svctoken_test
 
 import (
-	"bytes"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"gltoken.dev/gltoken/internal/ledger"
 	"gltoken.dev/gltoken/internal/sqlite"
 	"gltoken.dev/gltoken/internal/svctoken"
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 type clock struct {
@@ -78,15 +78,7 @@ func (e *events) has(ev string) bool {
 	return false
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func (f *fixture) keeper(t *testing.T, file string, store ledger.RotationStore, ev *events, logs *syncBuf) *svctoken.Keeper {
+func (f *fixture) keeper(t *testing.T, file string, store ledger.RotationStore, ev *events, logs *syncbuf.Buffer) *svctoken.Keeper {
 	t.Helper()
 	k, err := svctoken.New(f.config(t, file, store, ev, logs))
 	if err != nil {
@@ -95,7 +87,7 @@ func (f *fixture) keeper(t *testing.T, file string, store ledger.RotationStore, 
 	return k
 }
 
-func (f *fixture) config(t *testing.T, file string, store ledger.RotationStore, ev *events, logs *syncBuf) svctoken.Config {
+func (f *fixture) config(t *testing.T, file string, store ledger.RotationStore, ev *events, logs *syncbuf.Buffer) svctoken.Config {
 	t.Helper()
 	client, err := gitlab.New(gitlab.Config{BaseURL: f.gl.URL(), Token: "unused", Now: f.clock.Now})
 	if err != nil {
@@ -160,7 +152,7 @@ func TestRotatesBeforeExpiryAndPersistsFirst(t *testing.T) {
 	f := newFixture(t, 20*24*time.Hour)
 	file := f.tokenFile(t, "gitlab-token", f.token)
 	ev := &events{}
-	logs := &syncBuf{}
+	logs := &syncbuf.Buffer{}
 	k := f.keeper(t, file, nil, ev, logs)
 	ctx := t.Context()
 	k.Start(ctx)
@@ -229,7 +221,7 @@ func TestLostAnswerIsAnAlertNotALockOut(t *testing.T) {
 	f := newFixture(t, 3*24*time.Hour)
 	file := f.tokenFile(t, "gitlab-token", f.token)
 	ev := &events{}
-	logs := &syncBuf{}
+	logs := &syncbuf.Buffer{}
 	k := f.keeper(t, file, nil, ev, logs)
 	ctx := t.Context()
 	f.gl.InjectFault(gitlabfake.Fault{Method: "POST", PathPrefix: "/api/v4/personal_access_tokens/self/rotate", LoseResponse: true, Times: 1})

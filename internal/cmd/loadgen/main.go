@@ -52,6 +52,7 @@ import (
 
 	"gltoken.dev/gltoken/internal/gitlabfake"
 	"gltoken.dev/gltoken/internal/sqlite"
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 const audience = "https://gltoken.example.com"
@@ -81,7 +82,7 @@ const policyYAML = `rules:
 
 type daemon struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *syncbuf.Buffer // the daemon's output, written by exec's copier while loadgen reads it
 	sock string
 	hc   *http.Client
 }
@@ -108,7 +109,7 @@ func start(bin, dir, glURL, botToken, gitlabExtra, extra string, clients int) (*
 			return nil, err
 		}
 	}
-	d := &daemon{logs: &syncBuffer{}, sock: sock, hc: unixClient(sock, clients)}
+	d := &daemon{logs: &syncbuf.Buffer{}, sock: sock, hc: unixClient(sock, clients)}
 	d.cmd = exec.Command(filepath.Join(bin, "exchanged"), "serve", "--config", filepath.Join(dir, "exchanged.yaml"))
 	// gctrace only writes to stderr; it changes nothing the daemon does.
 	d.cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
@@ -273,31 +274,12 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 	return fillTimes(bin, dir, gl.URL(), lifted.sock, shared, fills)
 }
 
-// syncBuffer is the daemon's output, written by exec's copier while loadgen
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // gcLines counts the gctrace lines the daemon wrote so far.
-func gcLines(b *syncBuffer) int { n, _ := gcSince(b, 0); return n }
+func gcLines(b *syncbuf.Buffer) int { n, _ := gcSince(b, 0); return n }
 
 // gcSince counts the gctrace lines after the first skip and sums their
 // stop-the-world phases ("gc N @t s P%: A+B+C ms clock": A and C are STW).
-func gcSince(b *syncBuffer, skip int) (n int, stw time.Duration) {
+func gcSince(b *syncbuf.Buffer, skip int) (n int, stw time.Duration) {
 	for _, l := range strings.Split(b.String(), "\n") {
 		if !strings.HasPrefix(l, "gc ") || !strings.Contains(l, "ms clock") {
 			continue
