@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,26 +19,16 @@ import (
 
 	"gltoken.dev/gltoken/internal/exchange"
 	"gltoken.dev/gltoken/internal/fingerprint"
+	"gltoken.dev/gltoken/internal/gitlabfake"
 	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// Most tests here run the client against the project's GitLab stand-in
+// (internal/gitlabfake) on a fixed clock, with its faults for what GitLab
+// does when things go wrong. Inline httptest servers remain only for what the
+// stand-in cannot be: a TLS server the client does not trust, a redirecting
+// front, and answers that are broken byte by byte.
 
 type observed struct {
 	mu    sync.Mutex
@@ -69,22 +60,25 @@ func (c testClient) attempts(method string) int {
 
 type testClient struct {
 	*Client
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 	obs  *observed
 }
 
 func newTestClient(t testing.TB, baseURL, token string, now func() time.Time) testClient {
 	t.Helper()
-	logs := &syncBuffer{}
+	return newTestClientWith(t, Config{BaseURL: baseURL, Token: token, Now: now})
+}
+
+// newTestClientWith builds a client from cfg that logs at debug level into
+// logs and reports its attempts to obs.
+func newTestClientWith(t testing.TB, cfg Config) testClient {
+	t.Helper()
+	logs := &syncbuf.Buffer{}
 	obs := &observed{}
-	c, err := New(Config{
-		BaseURL:    baseURL,
-		Token:      token,
-		Now:        now,
-		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		OnResponse: obs.hook,
-		RetryWait:  time.Millisecond,
-	})
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.OnResponse = obs.hook
+	cfg.RetryWait = time.Millisecond
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -95,18 +89,51 @@ var fixedNow = time.Date(2026, 11, 27, 2, 30, 15, 0, time.UTC)
 
 func clock() func() time.Time { return func() time.Time { return fixedNow } }
 
-// captureCreate records the JSON body of each create request by path.
-func captureCreate(m *miniGitLab) *sync.Map {
-	var bodies sync.Map
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodPost {
-			b, _ := io.ReadAll(r.Body)
-			bodies.Store(r.URL.EscapedPath(), b)
-			r.Body = io.NopCloser(bytes.NewReader(b))
-		}
-		return false
-	})
-	return &bodies
+// newFixedStandin is the stand-in and its client on a clock standing at fixedNow.
+func newFixedStandin(t *testing.T) standin {
+	t.Helper()
+	return startStandin(t, clock())
+}
+
+// standinKind is the stand-in's name of a credential kind.
+func standinKind(k ledger.Kind) string {
+	return map[ledger.Kind]string{
+		ledger.ProjectDeployToken: gitlabfake.KindDeployProject, ledger.GroupDeployToken: gitlabfake.KindDeployGroup,
+		ledger.ProjectAccessToken: gitlabfake.KindProjectAccess, ledger.GroupAccessToken: gitlabfake.KindGroupAccess,
+	}[k]
+}
+
+// mint mints a credential of kind on owner, for setting up a test.
+func mint(t *testing.T, c testClient, kind ledger.Kind, owner int64, name string) exchange.Credential {
+	t.Helper()
+	cred, err := c.Mint(context.Background(), exchange.MintRequest{Name: name, Kind: kind, Owner: owner,
+		Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20})
+	if err != nil {
+		t.Fatalf("Mint %s: %v", name, err)
+	}
+	return cred
+}
+
+// sentBodies is a transport that keeps the body of each request by
+// "METHOD /escaped/path".
+type sentBodies struct {
+	next   http.RoundTripper
+	bodies sync.Map
+}
+
+func (b *sentBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return b.next.RoundTrip(req)
+	}
+	body, err := io.ReadAll(req.Body)
+	_ = req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	b.bodies.Store(req.Method+" "+req.URL.EscapedPath(), body)
+	r := req.Clone(req.Context())
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return b.next.RoundTrip(r)
 }
 
 func TestAccessTokenExpiryDate(t *testing.T) {
@@ -140,11 +167,12 @@ func TestAccessTokenExpiryDate(t *testing.T) {
 }
 
 func TestMintDeployTokens(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("platform/lib")
-	gid := m.addGroup("platform/tools")
-	bodies := captureCreate(m)
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("platform/lib")
+	gid := st.group("platform/tools")
+	sent := &sentBodies{next: http.DefaultTransport}
+	c := newTestClientWith(t, Config{BaseURL: st.s.URL(), Token: st.token, Now: clock(),
+		HTTPClient: &http.Client{Transport: sent, Timeout: 30 * time.Second}})
 	exp := fixedNow.Add(time.Hour + 500*time.Millisecond)
 
 	tests := []struct {
@@ -153,9 +181,10 @@ func TestMintDeployTokens(t *testing.T) {
 		id    int64
 		path  string
 	}{
-		{ledger.ProjectDeployToken, "platform/lib", pid, "/api/v4/projects/" + strconv.FormatInt(pid, 10) + "/deploy_tokens"},
-		{ledger.GroupDeployToken, "platform/tools", gid, "/api/v4/groups/" + strconv.FormatInt(gid, 10) + "/deploy_tokens"},
+		{ledger.ProjectDeployToken, "platform/lib", pid, "POST /api/v4/projects/" + strconv.FormatInt(pid, 10) + "/deploy_tokens"},
+		{ledger.GroupDeployToken, "platform/tools", gid, "POST /api/v4/groups/" + strconv.FormatInt(gid, 10) + "/deploy_tokens"},
 	}
+	secrets := []string{st.token}
 	for _, tt := range tests {
 		t.Run(string(tt.kind), func(t *testing.T) {
 			name := "gltoken-" + string(tt.kind)
@@ -166,9 +195,10 @@ func TestMintDeployTokens(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Mint: %v", err)
 			}
-			raw, ok := bodies.Load(tt.path)
+			secrets = append(secrets, cred.Secret)
+			raw, ok := sent.bodies.Load(tt.path)
 			if !ok {
-				t.Fatalf("no POST to %s", tt.path)
+				t.Fatalf("no %s", tt.path)
 			}
 			var body map[string]any
 			if err := json.Unmarshal(raw.([]byte), &body); err != nil {
@@ -183,22 +213,26 @@ func TestMintDeployTokens(t *testing.T) {
 			if body["name"] != name {
 				t.Errorf("name sent = %v", body["name"])
 			}
-			var tok miniToken
-			for _, x := range m.allTokens() {
-				if x.Name == name {
-					tok = x
-				}
+			tok, ok := st.s.TokenByName(name)
+			if !ok {
+				t.Fatalf("token %s not in the stand-in", name)
 			}
-			if tok.ID == 0 {
-				t.Fatalf("token %s not in the double", name)
+			if tok.Kind != standinKind(tt.kind) || tok.OwnerPath != tt.owner {
+				t.Errorf("stand-in token = %s on %s, want %s on %s", tok.Kind, tok.OwnerPath, standinKind(tt.kind), tt.owner)
+			}
+			if fingerprint.Of(cred.Secret) != tok.SecretSHA256 {
+				t.Errorf("secret is not the one the stand-in issued")
 			}
 			want := exchange.Credential{
 				Kind: tt.kind, Owner: tt.id, OwnerPath: tt.owner, GitLabID: tok.ID,
-				Name: name, Username: "gitlab+deploy-token-" + strconv.FormatInt(tok.ID, 10), Secret: tok.Secret,
+				Name: name, Username: "gitlab+deploy-token-" + strconv.FormatInt(tok.ID, 10), Secret: cred.Secret,
 				ExpiresAt: time.Date(2026, 11, 27, 3, 30, 15, 0, time.UTC),
 			}
 			if !cred.ExpiresAt.Equal(want.ExpiresAt) {
 				t.Errorf("ExpiresAt = %s, want %s", cred.ExpiresAt, want.ExpiresAt)
+			}
+			if tok.ExpiresAt == nil || !tok.ExpiresAt.Equal(want.ExpiresAt) {
+				t.Errorf("stand-in expires_at = %v, want %s", tok.ExpiresAt, want.ExpiresAt)
 			}
 			cred.ExpiresAt = want.ExpiresAt
 			if cred != want {
@@ -209,7 +243,7 @@ func TestMintDeployTokens(t *testing.T) {
 			}
 		})
 	}
-	assertNoSecrets(t, c, m)
+	assertNoSecrets(t, c, secrets...)
 }
 
 func redacted(c exchange.Credential) exchange.Credential {
@@ -219,18 +253,27 @@ func redacted(c exchange.Credential) exchange.Credential {
 	return c
 }
 
-// assertNoSecrets checks that neither the service token nor any minted secret
-// reached the log.
-func assertNoSecrets(t *testing.T, c testClient, m *miniGitLab) {
+// gitlabSecret matches the secrets the stand-in makes (glpat-…, gldt-…).
+var gitlabSecret = regexp.MustCompile(`gl(pat|dt)-[0-9A-Za-z_-]{20}`)
+
+// assertNoSecrets checks that none of secrets (the service token and the
+// minted ones), nor anything shaped like a GitLab secret, reached the log,
+// and that the metrics hook saw no id.
+func assertNoSecrets(t *testing.T, c testClient, secrets ...string) {
 	t.Helper()
 	logs := c.logs.String()
-	if strings.Contains(logs, m.serviceToken) {
-		t.Errorf("service token in logs")
+	if logs == "" {
+		t.Error("nothing logged: the check below would prove nothing")
 	}
-	for _, tok := range m.allTokens() {
-		if tok.Secret != "" && strings.Contains(logs, tok.Secret) {
-			t.Errorf("secret of %s in logs", tok.Name)
+	for i, s := range secrets {
+		if s == "" {
+			t.Errorf("secret #%d is empty", i)
+		} else if strings.Contains(logs, s) {
+			t.Errorf("secret #%d (sha256 %s) in logs", i, fingerprint.Of(s)[:12])
 		}
+	}
+	if m := gitlabSecret.FindString(logs); m != "" {
+		t.Errorf("a GitLab secret (sha256 %s) in logs", fingerprint.Of(m)[:12])
 	}
 	for _, call := range c.obs.list() {
 		if strings.ContainsAny(call, "0123456789") && !isStatusOnly(call) {
@@ -246,12 +289,13 @@ func isStatusOnly(call string) bool {
 }
 
 func TestMintAccessTokens(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("platform/app")
-	gid := m.addGroup("platform")
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("platform/app")
+	gid := st.group("platform")
+	c := st.c
 	exp := fixedNow.Add(2 * time.Hour) // 04:30:15 UTC on 2026-11-27
 
+	secrets := []string{st.token}
 	for _, kind := range []ledger.Kind{ledger.ProjectAccessToken, ledger.GroupAccessToken} {
 		t.Run(string(kind), func(t *testing.T) {
 			name := "gltoken-" + string(kind)
@@ -266,14 +310,13 @@ func TestMintAccessTokens(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Mint: %v", err)
 			}
-			var tok miniToken
-			for _, x := range m.allTokens() {
-				if x.Name == name {
-					tok = x
-				}
+			secrets = append(secrets, cred.Secret)
+			tok, ok := st.s.TokenByName(name)
+			if !ok || tok.Kind != standinKind(kind) {
+				t.Fatalf("stand-in token %s = %+v, %v", name, tok, ok)
 			}
-			if tok.ExpiresAt != "2026-11-29" { // see TestAccessTokenExpiryDate
-				t.Errorf("expires_at sent = %q, want 2026-11-29", tok.ExpiresAt)
+			if tok.ExpiresAt == nil || tok.ExpiresAt.Format(time.DateOnly) != "2026-11-29" { // see TestAccessTokenExpiryDate
+				t.Errorf("expires_at sent = %v, want 2026-11-29", tok.ExpiresAt)
 			}
 			if tok.AccessLevel != 30 {
 				t.Errorf("access_level = %d, want 30", tok.AccessLevel)
@@ -281,32 +324,23 @@ func TestMintAccessTokens(t *testing.T) {
 			if strings.Join(tok.Scopes, ",") != "write_repository" {
 				t.Errorf("scopes = %v", tok.Scopes)
 			}
-			m.mu.Lock()
-			bot := m.users[tok.UserID]
-			m.mu.Unlock()
-			if cred.Username != bot || bot == "" {
-				t.Errorf("username = %q, want the bot's %q", cred.Username, bot)
+			bot, ok := st.s.UserByName(tok.Username)
+			if !ok || !bot.Bot || bot.ID != tok.UserID || cred.Username != bot.Username {
+				t.Errorf("username = %q, want the bot's %q (user %d)", cred.Username, tok.Username, tok.UserID)
 			}
-			if cred.Secret != tok.Secret || cred.GitLabID != tok.ID || !cred.ExpiresAt.Equal(exp) {
+			if fingerprint.Of(cred.Secret) != tok.SecretSHA256 || cred.GitLabID != tok.ID || !cred.ExpiresAt.Equal(exp) {
 				t.Errorf("credential = %+v", redacted(cred))
 			}
 		})
 	}
-	assertNoSecrets(t, c, m)
+	assertNoSecrets(t, c, secrets...)
 }
 
 func TestMintAccessTokenUsernameFallback(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("platform/app")
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if strings.HasPrefix(r.URL.Path, "/api/v4/users/") {
-			writeJSON(w, 403, map[string]string{"message": "403 Forbidden"})
-			return true
-		}
-		return false
-	})
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-	cred, err := c.Mint(context.Background(), exchange.MintRequest{
+	st := newFixedStandin(t)
+	pid := st.project("platform/app")
+	st.s.InjectFault(gitlabfake.Fault{Method: http.MethodGet, PathPrefix: "/api/v4/users/", Status: http.StatusForbidden})
+	cred, err := st.c.Mint(context.Background(), exchange.MintRequest{
 		Name: "gltoken-x", Kind: ledger.ProjectAccessToken, Owner: pid,
 		Scopes: []string{"read_api"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20,
 	})
@@ -316,12 +350,15 @@ func TestMintAccessTokenUsernameFallback(t *testing.T) {
 	if cred.Username != "gltoken-x" || cred.Secret == "" {
 		t.Fatalf("username = %q, want the token name as fallback", cred.Username)
 	}
+	if n := st.count(http.MethodGet, "/api/v4/users/"); n != 1 {
+		t.Fatalf("%d user lookups, want 1 (the one answered 403)", n)
+	}
 }
 
 func TestMintRejectsBadRequestsWithoutCallingGitLab(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("p/q")
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
+	c := st.c
 	good := exchange.MintRequest{Name: "gltoken-1", Kind: ledger.ProjectAccessToken, Owner: pid,
 		Scopes: []string{"api"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 30}
 	tests := []struct {
@@ -348,30 +385,25 @@ func TestMintRejectsBadRequestsWithoutCallingGitLab(t *testing.T) {
 			}
 		})
 	}
-	if n := m.count(""); n != 0 {
+	if n := len(st.s.Requests()); n != 0 {
 		t.Fatalf("%d requests reached GitLab, want 0", n)
 	}
 }
 
 func TestCreateIsNeverRetried(t *testing.T) {
+	st := newFixedStandin(t)
+	pid := st.project("platform/lib")
 	for _, code := range []int{500, 502, 503, 504} {
 		t.Run(strconv.Itoa(code), func(t *testing.T) {
-			m := newMiniGitLab(t)
-			pid := m.addProject("platform/lib")
-			m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-				if r.Method == http.MethodPost {
-					writeJSON(w, code, map[string]string{"message": "boom"})
-					return true
-				}
-				return false
-			})
-			c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-a", Kind: ledger.ProjectDeployToken,
+			remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, Status: code})
+			defer remove()
+			before := st.count(http.MethodPost, "")
+			_, err := st.client(t).Mint(context.Background(), exchange.MintRequest{Name: "gltoken-a", Kind: ledger.ProjectDeployToken,
 				Owner: pid, Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
 			if !errors.Is(err, exchange.ErrAmbiguous) {
 				t.Fatalf("err = %v, want ErrAmbiguous", err)
 			}
-			if n := m.count("POST "); n != 1 {
+			if n := st.count(http.MethodPost, "") - before; n != 1 {
 				t.Fatalf("%d POSTs, want exactly 1", n)
 			}
 		})
@@ -379,53 +411,45 @@ func TestCreateIsNeverRetried(t *testing.T) {
 }
 
 func TestLostResponseThenFindByName(t *testing.T) {
+	st := newFixedStandin(t)
+	pid := st.project("platform/lib")
+	gid := st.group("platform")
 	kinds := []ledger.Kind{ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken}
 	for _, kind := range kinds {
 		t.Run(string(kind), func(t *testing.T) {
-			m := newMiniGitLab(t)
-			owner := m.addProject("platform/lib")
-			if gid := m.addGroup("platform"); kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
+			owner := pid
+			if kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
 				owner = gid
 			}
-			// The create happens, then the connection drops before the answer.
-			m.setAfter(func(w http.ResponseWriter, r *http.Request, rec *httptest.ResponseRecorder) bool {
-				if r.Method != http.MethodPost {
-					return false
-				}
-				conn, _, err := http.NewResponseController(w).Hijack()
-				if err == nil {
-					conn.Close()
-				}
-				return true
-			})
-			// Decoys: same name revoked, other names active.
-			oid := owner
-			tk := map[ledger.Kind]string{ledger.ProjectDeployToken: "deploy_project", ledger.GroupDeployToken: "deploy_group",
-				ledger.ProjectAccessToken: "access_project", ledger.GroupAccessToken: "access_group"}[kind]
-			m.addToken(miniToken{Kind: tk, OwnerID: oid, Name: "gltoken-lost", Revoked: true})
+			// Decoys: same name revoked (as in GitLab's UI), other names active.
+			setup := st.client(t)
+			old := mint(t, setup, kind, owner, "gltoken-lost")
+			st.s.RevokeToken(standinKind(kind), old.GitLabID)
 			for i := range 45 {
-				m.addToken(miniToken{Kind: tk, OwnerID: oid, Name: "gltoken-other-" + strconv.Itoa(i)})
+				mint(t, setup, kind, owner, "gltoken-other-"+strconv.Itoa(i))
 			}
 
-			c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+			// The create happens, then the connection drops before the answer.
+			remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, LoseResponse: true, Times: 1})
+			c := st.client(t)
 			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-lost", Kind: kind, Owner: owner,
 				Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20})
 			if !errors.Is(err, exchange.ErrAmbiguous) {
 				t.Fatalf("err = %v, want ErrAmbiguous", err)
 			}
-			if n := m.count("POST "); n != 1 {
+			if n := c.attempts(http.MethodPost); n != 1 {
 				t.Fatalf("%d POSTs, want 1", n)
 			}
-			m.setAfter(nil)
+			remove()
 
 			ref, ok, err := c.FindByName(context.Background(), kind, owner, "gltoken-lost")
 			if err != nil || !ok {
 				t.Fatalf("FindByName = %v, %v, %v", ref, ok, err)
 			}
-			var created miniToken
+			var created gitlabfake.TokenState
 			n := 0
-			for _, x := range m.allTokens() {
-				if x.Name == "gltoken-lost" && !x.Revoked {
+			for _, x := range st.s.Tokens() {
+				if x.Name == "gltoken-lost" && x.Kind == standinKind(kind) && !x.Revoked && !x.Deleted {
 					created = x
 					n++
 				}
@@ -436,8 +460,10 @@ func TestLostResponseThenFindByName(t *testing.T) {
 			if ref.GitLabID != created.ID || ref.Kind != kind || ref.Owner != owner {
 				t.Fatalf("ref = %+v, want id %d", ref, created.ID)
 			}
-			// 47 tokens at 100 a page: one list request; the double's default
-			// page size (20) is not used because we ask for 100.
+			if strings.Contains(c.logs.String(), "several active") {
+				t.Fatalf("the revoked decoy counted as a match: %s", c.logs.String())
+			}
+			// 47 tokens: one page, as FindByName asks for 100 a page (GitLab's default is 20).
 			if err := c.Revoke(context.Background(), ref); err != nil {
 				t.Fatalf("Revoke: %v", err)
 			}
@@ -449,21 +475,22 @@ func TestLostResponseThenFindByName(t *testing.T) {
 }
 
 func TestFindByNamePaginates(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("big/proj")
+	st := newFixedStandin(t)
+	pid := st.project("big/proj")
+	setup := st.client(t)
 	for i := range 250 {
-		m.addToken(miniToken{Kind: "deploy_project", OwnerID: pid, Name: "gltoken-" + strconv.Itoa(i)})
+		mint(t, setup, ledger.ProjectDeployToken, pid, "gltoken-"+strconv.Itoa(i))
 	}
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	c := st.c
 	ref, ok, err := c.FindByName(context.Background(), ledger.ProjectDeployToken, pid, "gltoken-249")
 	if err != nil || !ok {
 		t.Fatalf("FindByName: ok=%v err=%v", ok, err)
 	}
-	if n := m.count("GET /api/v4/projects/" + strconv.FormatInt(pid, 10) + "/deploy_tokens"); n != 3 {
+	if n := st.count(http.MethodGet, "/api/v4/projects/"+strconv.FormatInt(pid, 10)+"/deploy_tokens"); n != 3 {
 		t.Fatalf("%d list requests, want 3 pages", n)
 	}
-	if ref.GitLabID == 0 {
-		t.Fatal("no id")
+	if tok, _ := st.s.TokenByName("gltoken-249"); ref.GitLabID == 0 || ref.GitLabID != tok.ID {
+		t.Fatalf("id = %d, want %d", ref.GitLabID, tok.ID)
 	}
 	_, ok, err = c.FindByName(context.Background(), ledger.ProjectDeployToken, pid, "gltoken-nope")
 	if err != nil || ok {
@@ -474,41 +501,35 @@ func TestFindByNamePaginates(t *testing.T) {
 func TestErrorMapping(t *testing.T) {
 	tests := []struct {
 		name       string
-		status     int
-		header     map[string]string
-		body       map[string]any
+		fault      gitlabfake.Fault // on the create
 		want       error
 		wantAlso   error
 		retryAfter time.Duration
 	}{
-		{name: "401", status: 401, body: map[string]any{"message": "401 Unauthorized"}, want: ErrTokenInvalid, wantAlso: exchange.ErrForbidden},
-		{name: "403", status: 403, body: map[string]any{"message": "403 Forbidden"}, want: exchange.ErrForbidden},
-		{name: "404", status: 404, body: map[string]any{"message": "404 Project Not Found"}, want: exchange.ErrNotFound},
-		{name: "400", status: 400, body: map[string]any{"message": map[string]any{"scopes": []string{"is invalid"}}}, want: exchange.ErrRejected},
-		{name: "400 permission", status: 400, body: map[string]any{"message": "User does not have permission to create project access token"}, want: exchange.ErrForbidden},
-		{name: "422", status: 422, body: map[string]any{"message": "unprocessable"}, want: exchange.ErrRejected},
-		{name: "429 Retry-After", status: 429, header: map[string]string{"Retry-After": "17"}, body: map[string]any{"message": "Retry later"},
+		{name: "401", fault: gitlabfake.Fault{Status: 401}, want: ErrTokenInvalid, wantAlso: exchange.ErrForbidden},
+		{name: "403", fault: gitlabfake.Fault{Status: 403}, want: exchange.ErrForbidden},
+		{name: "404", fault: gitlabfake.Fault{Status: 404, Message: "404 Project Not Found"}, want: exchange.ErrNotFound},
+		{name: "400", fault: gitlabfake.Fault{Status: 400, Message: map[string][]string{"scopes": {"is invalid"}}}, want: exchange.ErrRejected},
+		{name: "400 permission", fault: gitlabfake.Fault{Status: 400,
+			Message: "400 Bad request - User does not have permission to create project access token"}, want: exchange.ErrForbidden},
+		{name: "422", fault: gitlabfake.Fault{Status: 422}, want: exchange.ErrRejected},
+		{name: "429 Retry-After", fault: gitlabfake.Fault{Status: 429, RetryAfter: 17 * time.Second},
 			want: exchange.ErrRateLimited, retryAfter: 17 * time.Second},
-		{name: "429 RateLimit-Reset", status: 429,
-			header: map[string]string{"RateLimit-Reset": strconv.FormatInt(fixedNow.Add(42*time.Second).Unix(), 10)},
-			body:   map[string]any{"message": "Retry later"}, want: exchange.ErrRateLimited, retryAfter: 42 * time.Second},
+		// An application rate limit answers without Retry-After: the wait
+		// is RateLimit-Reset's, the end of the stand-in's minute (02:31:00).
+		{name: "429 RateLimit-Reset", fault: gitlabfake.Fault{Status: 429,
+			Message: map[string]string{"error": "This endpoint has been requested too many times. Try again later."}},
+			want: exchange.ErrRateLimited, retryAfter: 45 * time.Second},
 	}
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newMiniGitLab(t)
-			pid := m.addProject("p/q")
-			m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-				if r.Method != http.MethodPost {
-					return false
-				}
-				for k, v := range tt.header {
-					w.Header().Set(k, v)
-				}
-				writeJSON(w, tt.status, tt.body)
-				return true
-			})
-			c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-e", Kind: ledger.ProjectAccessToken, Owner: pid,
+			tt.fault.Method = http.MethodPost
+			remove := st.s.InjectFault(tt.fault)
+			defer remove()
+			before := st.count(http.MethodPost, "")
+			_, err := st.client(t).Mint(context.Background(), exchange.MintRequest{Name: "gltoken-e", Kind: ledger.ProjectAccessToken, Owner: pid,
 				Scopes: []string{"api"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 30})
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
@@ -517,7 +538,7 @@ func TestErrorMapping(t *testing.T) {
 				t.Fatalf("err = %v, want also %v", err, tt.wantAlso)
 			}
 			if errors.Is(err, exchange.ErrAmbiguous) {
-				t.Fatalf("a %d is a refusal, not ambiguous: %v", tt.status, err)
+				t.Fatalf("a %d is a refusal, not ambiguous: %v", tt.fault.Status, err)
 			}
 			if tt.retryAfter != 0 {
 				var ra *exchange.RetryAfterError
@@ -525,10 +546,10 @@ func TestErrorMapping(t *testing.T) {
 					t.Fatalf("err = %#v, want RetryAfterError{%s}", err, tt.retryAfter)
 				}
 			}
-			if n := m.count("POST "); n != 1 {
+			if n := st.count(http.MethodPost, "") - before; n != 1 {
 				t.Fatalf("%d POSTs, want 1 (no retry)", n)
 			}
-			if strings.Contains(err.Error(), m.serviceToken) {
+			if strings.Contains(err.Error(), st.token) {
 				t.Fatal("service token in error")
 			}
 		})
@@ -536,10 +557,10 @@ func TestErrorMapping(t *testing.T) {
 }
 
 func TestErrorMappingOnReadsAndRevokes(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("p/q")
-	gid := m.addGroup("g")
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
+	gid := st.group("g")
+	c := st.c
 	ctx := context.Background()
 
 	if _, err := c.ResolveOwner(ctx, ledger.ProjectDeployToken, "no/such"); !errors.Is(err, exchange.ErrNotFound) {
@@ -548,44 +569,44 @@ func TestErrorMappingOnReadsAndRevokes(t *testing.T) {
 	if _, _, err := c.FindByName(ctx, ledger.ProjectDeployToken, 999999, "x"); !errors.Is(err, exchange.ErrNotFound) {
 		t.Fatalf("find on missing project: %v, want ErrNotFound", err)
 	}
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		writeJSON(w, 403, map[string]string{"message": "403 Forbidden"})
-		return true
-	})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectDeployToken, Owner: pid, GitLabID: 5}); !errors.Is(err, exchange.ErrForbidden) ||
+	// A service account that is only a Developer: GitLab answers 403.
+	dev := st.s.AddUser("developer-svc")
+	st.s.AddMember(dev, "p/q", gitlabfake.Developer)
+	devExp := fixedNow.AddDate(0, 1, 0)
+	weak := newTestClient(t, st.s.URL(), st.s.CreatePersonalAccessToken(dev, "dev", []string{"api"}, &devExp), clock())
+	if err := weak.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectDeployToken, Owner: pid, GitLabID: 5}); !errors.Is(err, exchange.ErrForbidden) ||
 		!strings.Contains(err.Error(), "Maintainer") {
 		t.Fatalf("revoke forbidden: %v", err)
 	}
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		w.Header().Set("Retry-After", "3")
-		writeJSON(w, 429, map[string]string{"message": "Retry later"})
-		return true
-	})
+	if n := st.count(http.MethodDelete, "/api/v4/projects/"+strconv.FormatInt(pid, 10)+"/deploy_tokens/5"); n != 1 {
+		t.Fatalf("DELETE answered 403: %d attempts, want 1", n)
+	}
+	remove := st.s.InjectFault(gitlabfake.Fault{Status: 429, RetryAfter: 3 * time.Second})
 	var ra *exchange.RetryAfterError
 	if _, _, err := c.FindByName(ctx, ledger.GroupAccessToken, gid, "x"); !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 3*time.Second {
 		t.Fatalf("list rate limited: %v", err)
 	}
-	if n := m.count("GET /api/v4/groups/" + strconv.FormatInt(gid, 10) + "/access_tokens"); n != 1 {
+	if n := st.count(http.MethodGet, "/api/v4/groups/"+strconv.FormatInt(gid, 10)+"/access_tokens"); n != 1 {
 		t.Fatalf("429 on GET retried: %d requests", n)
 	}
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		writeJSON(w, 503, map[string]string{"message": "down"})
-		return true
-	})
+	remove()
+	st.s.InjectFault(gitlabfake.Fault{Status: 503})
 	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.GroupDeployToken, Owner: gid, GitLabID: 5}); !errors.Is(err, exchange.ErrUnavailable) {
 		t.Fatalf("revoke on 503: %v, want ErrUnavailable", err)
 	}
-	if n := m.count("DELETE /api/v4/groups/" + strconv.FormatInt(gid, 10) + "/deploy_tokens/5"); n != 3 {
+	if n := st.count(http.MethodDelete, "/api/v4/groups/"+strconv.FormatInt(gid, 10)+"/deploy_tokens/5"); n != 3 {
 		t.Fatalf("DELETE on 503: %d attempts, want 3 (1 + 2 retries)", n)
 	}
 }
 
 func TestTransportErrors(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("p/q")
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
+	c := st.c
 	ctx := context.Background()
-	m.srv.Close()
+	if err := st.s.Close(); err != nil {
+		t.Fatal(err)
+	}
 	// The create cannot connect: nothing was sent.
 	_, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-t", Kind: ledger.ProjectDeployToken, Owner: pid,
 		Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
@@ -598,21 +619,11 @@ func TestTransportErrors(t *testing.T) {
 }
 
 func TestCreateTimeoutIsAmbiguous(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("p/q")
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodPost {
-			return false
-		}
-		select { // hold the answer until the client gives up
-		case <-r.Context().Done():
-		case <-release:
-		}
-		return true
-	})
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
+	// GitLab holds the create's answer until the client gives up.
+	st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, Latency: time.Hour})
+	c := st.c
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-t", Kind: ledger.ProjectDeployToken, Owner: pid,
@@ -629,33 +640,23 @@ func TestCreateTimeoutIsAmbiguous(t *testing.T) {
 	if errors.Is(err, exchange.ErrAmbiguous) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want a non-ambiguous Canceled", err)
 	}
-	if n := m.count("POST "); n != 1 {
+	// Counted by the client: the stand-in logs the held request only once it ends.
+	if n := c.attempts(http.MethodPost); n != 1 {
 		t.Fatalf("%d POSTs, want 1", n)
 	}
 }
 
 func TestReadsRetryAFewTimes(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("p/q")
-	m.addToken(miniToken{Kind: "deploy_project", OwnerID: pid, Name: "gltoken-r"})
-	fails := 2
-	var mu sync.Mutex
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if r.Method == http.MethodGet && fails > 0 {
-			fails--
-			writeJSON(w, 502, map[string]string{"message": "bad gateway"})
-			return true
-		}
-		return false
-	})
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
+	mint(t, st.client(t), ledger.ProjectDeployToken, pid, "gltoken-r")
+	st.s.InjectFault(gitlabfake.Fault{Method: http.MethodGet, Status: http.StatusBadGateway, Times: 2})
+	c := st.c
 	_, ok, err := c.FindByName(context.Background(), ledger.ProjectDeployToken, pid, "gltoken-r")
 	if err != nil || !ok {
 		t.Fatalf("FindByName after two 502s: ok=%v err=%v", ok, err)
 	}
-	if n := m.count("GET "); n != 3 {
+	if n := st.count(http.MethodGet, ""); n != 3 {
 		t.Fatalf("%d GETs, want 3", n)
 	}
 	calls := c.obs.list()
@@ -670,10 +671,10 @@ func TestReadsRetryAFewTimes(t *testing.T) {
 }
 
 func TestRevokeIsIdempotent(t *testing.T) {
-	m := newMiniGitLab(t)
-	pq := m.addProject("p/q")
-	g := m.addGroup("g")
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	pq := st.project("p/q")
+	g := st.group("g")
+	c := st.c
 	ctx := context.Background()
 	for _, kind := range []ledger.Kind{ledger.ProjectDeployToken, ledger.GroupDeployToken, ledger.ProjectAccessToken, ledger.GroupAccessToken} {
 		t.Run(string(kind), func(t *testing.T) {
@@ -681,51 +682,42 @@ func TestRevokeIsIdempotent(t *testing.T) {
 			if kind == ledger.GroupDeployToken || kind == ledger.GroupAccessToken {
 				owner = g
 			}
-			cred, err := c.Mint(ctx, exchange.MintRequest{Name: "gltoken-rv-" + string(kind), Kind: kind, Owner: owner,
-				Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20})
-			if err != nil {
-				t.Fatal(err)
-			}
+			name := "gltoken-rv-" + string(kind)
+			cred := mint(t, c, kind, owner, name)
 			ref := exchange.TokenRef{Kind: kind, Owner: cred.Owner, GitLabID: cred.GitLabID}
 			for i := range 2 {
 				if err := c.Revoke(ctx, ref); err != nil {
 					t.Fatalf("Revoke #%d: %v", i+1, err)
 				}
 			}
-			for _, x := range m.allTokens() {
-				if x.ID == cred.GitLabID && !x.Revoked {
-					t.Fatalf("token still live: %+v", x.Name)
-				}
+			if n := st.liveTokens(name); n != 0 {
+				t.Fatalf("token still live: %s", name)
 			}
 		})
 	}
 	// GitLab answers 400 when revoking an access token whose bot is gone;
 	// the token is revoked, so that is success.
-	pid := m.addProject("p/r")
-	tok := m.addToken(miniToken{Kind: "access_project", OwnerID: pid, Name: "gltoken-old", Revoked: true})
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodDelete {
-			writeJSON(w, 400, map[string]string{"message": "400 Bad request - Failed to find bot user"})
-			return true
-		}
-		return false
-	})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: pid, GitLabID: tok.ID}); err != nil {
+	pid := st.project("p/r")
+	old := mint(t, st.client(t), ledger.ProjectAccessToken, pid, "gltoken-old")
+	st.s.RevokeToken(gitlabfake.KindProjectAccess, old.GitLabID)
+	live := mint(t, st.client(t), ledger.ProjectAccessToken, pid, "gltoken-live")
+	st.s.InjectFault(gitlabfake.Fault{Method: http.MethodDelete, Status: http.StatusBadRequest,
+		Message: "400 Bad request - Failed to find bot user"})
+	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: pid, GitLabID: old.GitLabID}); err != nil {
 		t.Fatalf("Revoke of an already revoked token answering 400: %v", err)
 	}
-	live := m.addToken(miniToken{Kind: "access_project", OwnerID: pid, Name: "gltoken-live"})
-	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: pid, GitLabID: live.ID}); !errors.Is(err, exchange.ErrRejected) {
+	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.ProjectAccessToken, Owner: pid, GitLabID: live.GitLabID}); !errors.Is(err, exchange.ErrRejected) {
 		t.Fatalf("Revoke of a live token answering 400: %v, want ErrRejected", err)
 	}
 }
 
 func TestPing(t *testing.T) {
-	m := newMiniGitLab(t)
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
+	st := newFixedStandin(t)
+	c := st.c
 	if err := c.Ping(context.Background()); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
-	bad := newTestClient(t, m.srv.URL, "glpat-wrong", clock())
+	bad := newTestClient(t, st.s.URL(), "glpat-wrong", clock())
 	err := bad.Ping(context.Background())
 	if !errors.Is(err, ErrTokenInvalid) || !errors.Is(err, exchange.ErrForbidden) {
 		t.Fatalf("Ping with a bad token: %v, want ErrTokenInvalid", err)
@@ -733,17 +725,12 @@ func TestPing(t *testing.T) {
 	if strings.Contains(err.Error(), "glpat-wrong") {
 		t.Fatal("token in error")
 	}
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		writeJSON(w, 200, map[string]any{"id": 1, "name": "svc", "active": true, "scopes": []string{"read_api"}})
-		return true
-	})
-	if err := c.Ping(context.Background()); err == nil || !strings.Contains(err.Error(), "api scope") {
+	exp := fixedNow.AddDate(0, 6, 0)
+	readOnly := newTestClient(t, st.s.URL(), st.s.CreatePersonalAccessToken(st.svc, "read-only", []string{"read_api"}, &exp), clock())
+	if err := readOnly.Ping(context.Background()); err == nil || !strings.Contains(err.Error(), "api scope") {
 		t.Fatalf("Ping with a read_api token: %v", err)
 	}
-	m.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		writeJSON(w, 503, map[string]any{"message": "down"})
-		return true
-	})
+	st.s.InjectFault(gitlabfake.Fault{Status: http.StatusServiceUnavailable})
 	if err := c.Ping(context.Background()); !errors.Is(err, exchange.ErrUnavailable) {
 		t.Fatalf("Ping on 503: %v", err)
 	}
@@ -770,84 +757,132 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestConcurrentMints(t *testing.T) {
-	m := newMiniGitLab(t)
-	pid := m.addProject("p/q")
-	c := newTestClient(t, m.srv.URL, m.serviceToken, clock())
-	var wg sync.WaitGroup
+	st := newFixedStandin(t)
+	pid := st.project("p/q")
+	c := st.c
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		secrets = []string{st.token}
+	)
 	for i := range 8 {
 		wg.Go(func() {
 			kind := ledger.ProjectDeployToken
 			if i%2 == 1 {
 				kind = ledger.ProjectAccessToken
 			}
-			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-c" + strconv.Itoa(i), Kind: kind, Owner: pid,
+			cred, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-c" + strconv.Itoa(i), Kind: kind, Owner: pid,
 				Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour), AccessLevel: 20})
 			if err != nil {
 				t.Errorf("Mint %d: %v", i, err)
+				return
 			}
+			mu.Lock()
+			secrets = append(secrets, cred.Secret)
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	if n := len(m.allTokens()); n != 8 {
+	n := 0
+	for _, tok := range st.s.Tokens() {
+		if tok.OwnerPath == "p/q" {
+			n++
+		}
+	}
+	if n != 8 {
 		t.Fatalf("%d tokens, want 8", n)
 	}
 	// The owner is an id: minting looks nothing up (ResolveOwner did, once).
-	if n := m.count("GET /api/v4/projects/"); n != 0 {
+	if n := st.count(http.MethodGet, "/api/v4/projects/"); n != 0 {
 		t.Fatalf("%d project lookups while minting, want 0", n)
 	}
-	assertNoSecrets(t, c, m)
+	assertNoSecrets(t, c, secrets...)
 }
 
+// TestRedirectsAreNotFollowed: a front that redirects (a GitLab URL set to
+// the wrong address) gets an error; the service token never follows the
+// redirect to GitLab, which sees no request at all.
 func TestRedirectsAreNotFollowed(t *testing.T) {
-	var leaked sync.Map
-	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if v := r.Header.Get("PRIVATE-TOKEN"); v != "" {
-			leaked.Store("token", v)
-		}
-		writeJSON(w, 200, map[string]any{"id": 7})
-	}))
-	defer other.Close()
+	st := newFixedStandin(t)
+	st.project("p/q")
 	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusFound)
+		http.Redirect(w, r, st.s.URL()+r.URL.RequestURI(), http.StatusFound)
 	}))
 	defer redirector.Close()
-	c := newTestClient(t, redirector.URL, "glpat-secret-service-token", clock())
+	c := newTestClient(t, redirector.URL, st.token, clock())
 	_, err := c.ResolveOwner(context.Background(), ledger.ProjectDeployToken, "p/q")
 	if !errors.Is(err, exchange.ErrUnavailable) || !strings.Contains(err.Error(), "redirect") {
 		t.Fatalf("err = %v, want ErrUnavailable naming the redirect", err)
 	}
-	if _, ok := leaked.Load("token"); ok {
-		t.Fatal("service token sent to the redirect target")
+	if reqs := st.s.Requests(); len(reqs) != 0 {
+		t.Fatalf("the redirect was followed, with the service token: %+v", reqs)
 	}
 }
 
+// TestPingFallsBackToVersion: GitLab before 15.5 has no
+// /personal_access_tokens/self (404); /version, which needs a valid token
+// too, stands in.
 func TestPingFallsBackToVersion(t *testing.T) {
-	var versions int
-	var mu sync.Mutex
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/api/v4/version":
-			mu.Lock()
-			versions++
-			mu.Unlock()
-			writeJSON(w, 200, map[string]string{"version": "15.0.0", "revision": "abc"})
-		default:
-			writeJSON(w, 404, map[string]string{"message": "404 Not Found"})
-		}
-	}))
-	defer srv.Close()
-	c := newTestClient(t, srv.URL, "glpat-x", clock())
-	if err := c.Ping(context.Background()); err != nil {
+	st := newFixedStandin(t)
+	st.s.InjectFault(gitlabfake.Fault{Method: http.MethodGet, PathPrefix: "/api/v4/personal_access_tokens/self", Status: http.StatusNotFound})
+	if err := st.c.Ping(context.Background()); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
-	if versions != 1 {
-		t.Fatalf("%d GET /version, want 1", versions)
+	if n := st.count(http.MethodGet, "/api/v4/version"); n != 1 {
+		t.Fatalf("%d GET /version, want 1", n)
+	}
+	bad := newTestClient(t, st.s.URL(), "glpat-wrong", clock())
+	if err := bad.Ping(context.Background()); !errors.Is(err, ErrTokenInvalid) {
+		t.Fatalf("Ping with a bad token through /version: %v, want ErrTokenInvalid", err)
+	}
+}
+
+// TestCreateUnreadableAnswerIsAmbiguous: a 2xx to a create whose body cannot
+// be read may have made a token whose secret is lost: ambiguous. The same on
+// a read is only unavailable.
+func TestCreateUnreadableAnswerIsAmbiguous(t *testing.T) {
+	const partial = `{"id": 7, "name": "gltoken-b", "token": "gldt-0123456789abcdefghij"`
+	tests := []struct {
+		name   string
+		answer func(w http.ResponseWriter)
+	}{
+		{"malformed JSON", func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusCreated)
+			_, _ = io.WriteString(w, partial)
+		}},
+		{"cut short", func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", strconv.Itoa(len(partial)+10))
+			w.WriteHeader(http.StatusCreated)
+			_, _ = io.WriteString(w, partial)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { tt.answer(w) }))
+			defer srv.Close()
+			c := newTestClient(t, srv.URL, "glpat-x", clock())
+			_, err := c.Mint(context.Background(), exchange.MintRequest{Name: "gltoken-b", Kind: ledger.ProjectDeployToken, Owner: 1,
+				Scopes: []string{"read_repository"}, ExpiresAt: fixedNow.Add(time.Hour)})
+			if !errors.Is(err, exchange.ErrAmbiguous) || !strings.Contains(err.Error(), "unreadable") {
+				t.Fatalf("create: err = %v, want ErrAmbiguous naming the unreadable answer", err)
+			}
+			if strings.Contains(err.Error(), "gldt-") {
+				t.Fatal("secret in error")
+			}
+			_, err = c.ResolveOwner(context.Background(), ledger.ProjectDeployToken, "p/q")
+			if !errors.Is(err, exchange.ErrUnavailable) || errors.Is(err, exchange.ErrAmbiguous) {
+				t.Fatalf("read: err = %v, want ErrUnavailable", err)
+			}
+		})
 	}
 }
 
 func TestCertificateErrorNotRetried(t *testing.T) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, map[string]any{"id": 1})
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id": 1}`)
 	}))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake failure is expected
 	srv.StartTLS()

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,25 +21,57 @@ import (
 type standin struct {
 	s     *gitlabfake.Server
 	c     testClient
-	token string
+	svc   *gitlabfake.User // the service account
+	token string           // its token (api scope)
 	now   func() time.Time
 }
 
+// newStandin is the stand-in with the service account Maintainer of
+// platform/lib and Owner of platform/tools (which holds platform/tools/cli).
 func newStandin(t *testing.T) standin {
 	t.Helper()
-	var mu sync.Mutex
 	now := time.Now().UTC().Truncate(time.Second)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	st := startStandin(t, func() time.Time { return now })
+	st.s.AddProject("platform/lib")
+	st.s.AddProject("platform/tools/cli")
+	st.s.AddGroup("platform/tools")
+	st.s.AddMember(st.svc, "platform/lib", gitlabfake.Maintainer)
+	st.s.AddMember(st.svc, "platform/tools", gitlabfake.Owner)
+	return st
+}
+
+// startStandin starts the stand-in on clock (the client's too) with a
+// service account whose token has the api scope, and no project yet.
+func startStandin(t *testing.T, clock func() time.Time) standin {
+	t.Helper()
 	s := gitlabfake.Start(t, gitlabfake.Options{Now: clock})
 	svc := s.AddUser("gltoken-svc")
-	s.AddProject("platform/lib")
-	s.AddProject("platform/tools/cli")
-	s.AddGroup("platform/tools")
-	s.AddMember(svc, "platform/lib", gitlabfake.Maintainer)
-	s.AddMember(svc, "platform/tools", gitlabfake.Owner)
-	exp := now.AddDate(0, 3, 0)
+	exp := clock().AddDate(0, 3, 0)
 	token := s.CreatePersonalAccessToken(svc, "gltoken", []string{"api"}, &exp)
-	return standin{s: s, c: newTestClient(t, s.URL(), token, clock), token: token, now: clock}
+	return standin{s: s, c: newTestClient(t, s.URL(), token, clock), svc: svc, token: token, now: clock}
+}
+
+// project adds the project at path with the service account its Maintainer
+// and returns its id.
+func (st standin) project(path string) int64 {
+	p := st.s.AddProject(path)
+	st.s.AddMember(st.svc, path, gitlabfake.Maintainer)
+	return p.ID
+}
+
+// group adds the group at path with the service account its Owner and
+// returns its id.
+func (st standin) group(path string) int64 {
+	g := st.s.AddGroup(path)
+	st.s.AddMember(st.svc, path, gitlabfake.Owner)
+	return g.ID
+}
+
+// client is another client of the service account, e.g. to set up tokens
+// without showing in st.c's logs and OnResponse calls.
+func (st standin) client(t *testing.T) testClient {
+	t.Helper()
+	return newTestClient(t, st.s.URL(), st.token, st.now)
 }
 
 // count counts the requests the stand-in logged. It logs a request after
