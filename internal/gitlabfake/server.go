@@ -2,7 +2,9 @@
 // JWKS with key rotation, CI/CD ID tokens with GitLab's claims, the deploy-token, project/group
 // access-token, PAT self-rotation and project/group REST APIs with GitLab's status codes and JSON
 // shapes, rate-limit headers and fault injection, git smart HTTP through the real `git http-backend`
-// with GitLab's credential rules, and the container-registry token endpoint.
+// with GitLab's credential rules, the container-registry token endpoint, and Go's ?go-get=1
+// discovery as GitLab's middleware answers it (goget.go). With Options.Host it is GitLab at
+// https://HOST, reached through a CONNECT proxy of its own (tls.go).
 //
 // Start one with Start(t, Options{}) in a test (or New outside tests) and point clients at URL().
 // Anything the stand-in does not know answers 501 {"message":"stand-in: route not implemented: ..."}
@@ -57,6 +59,9 @@ type Options struct {
 	BufferedTokenExpirationLimit bool
 	// Logf, when set, receives one line per request (method, escaped path, status). Never secrets.
 	Logf func(format string, args ...any)
+	// Host, e.g. "gitlab.example.com", puts the stand-in at https://HOST (no port): it serves
+	// TLS under a CA of its own (CACertPEM) and clients reach it through ProxyURL. See tls.go.
+	Host string
 }
 
 // Server is a running GitLab stand-in listening on a loopback port.
@@ -66,6 +71,7 @@ type Server struct {
 	ln       net.Listener
 	srv      *http.Server
 	url      string
+	tls      *tlsState // with Options.Host (tls.go)
 	repoRoot string
 	ownRoot  bool
 	gitPath  string
@@ -190,11 +196,16 @@ func New(opts Options) (*Server, error) {
 	}
 	s.ln = ln
 	s.url = "http://" + ln.Addr().String()
+	if err := s.setupTLS(); err != nil {
+		_ = ln.Close()
+		s.cleanupRoot()
+		return nil, err
+	}
 	s.srv = &http.Server{
 		Handler:           s.middleware(s.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	go func() { _ = s.srv.Serve(ln) }()
+	go func() { _ = s.srv.Serve(s.ln) }()
 	return s, nil
 }
 
@@ -218,7 +229,8 @@ func Start(tb TB, opts Options) *Server {
 	return s
 }
 
-// URL is the base URL, "http://127.0.0.1:PORT". It is also the ID-token issuer.
+// URL is the base URL, "http://127.0.0.1:PORT" ("https://HOST" with Options.Host). It is also
+// the ID-token issuer.
 func (s *Server) URL() string { return s.url }
 
 // Close stops the server and removes the repo root if the server created it.
@@ -229,6 +241,7 @@ func (s *Server) Close() error {
 		if errors.Is(s.closeErr, http.ErrServerClosed) {
 			s.closeErr = nil
 		}
+		s.closeTLS()
 		s.cleanupRoot()
 	})
 	return s.closeErr
