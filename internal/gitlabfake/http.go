@@ -222,6 +222,9 @@ func (s *Server) routes() http.Handler {
 	rt.handle("POST", "/api/v4/personal_access_tokens/self/rotate", s.handlePATSelfRotate)
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.serveGoGet(w, r) { // a Rack middleware in GitLab: before any route
+			return
+		}
 		if s.serveGit(w, r) {
 			return
 		}
