@@ -65,7 +65,13 @@ type world struct {
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
-	gl := gitlabfake.Start(t, gitlabfake.Options{})
+	return newWorldWith(t, gitlabfake.Options{})
+}
+
+// newWorldWith is newWorld on a stand-in started with opts.
+func newWorldWith(t testing.TB, opts gitlabfake.Options) *world {
+	t.Helper()
+	gl := gitlabfake.Start(t, opts)
 	w := &world{gl: gl, dir: t.TempDir()}
 	w.app = gl.AddProject("platform/app")
 	for _, p := range []string{"platform/lib", "platform/secret", "platform/deploy", "platform/tools/cli", "platform/tools/lint", "other/thing"} {
@@ -143,6 +149,7 @@ type daemon struct {
 	cmd     *exec.Cmd
 	logs    *syncbuf.Buffer
 	done    chan struct{}
+	env     []string // added to the process's environment
 }
 
 type daemonOpts struct {
@@ -157,6 +164,7 @@ type daemonOpts struct {
 	// (and tls in extra) clients use https.
 	listen string
 	caFile string
+	env    []string // more environment for the exchanged process
 }
 
 // startDaemon writes a configuration in w.dir and starts exchanged on it.
@@ -176,7 +184,7 @@ func (w *world) startDaemon(t testing.TB, o daemonOpts) *daemon {
 	}
 	writeFile(t, filepath.Join(w.dir, "policy.yaml"), o.policy, 0o600)
 	writeFile(t, filepath.Join(w.dir, "gitlab-token"), w.botToken+"\n", 0o600)
-	d := &daemon{t: t, cfgPath: filepath.Join(w.dir, o.name+".yaml"), dbPath: filepath.Join(w.dir, "state.db"), caFile: o.caFile}
+	d := &daemon{t: t, cfgPath: filepath.Join(w.dir, o.name+".yaml"), dbPath: filepath.Join(w.dir, "state.db"), caFile: o.caFile, env: o.env}
 	listen := o.listen
 	if listen == "" {
 		// Unix socket paths are limited to 108 bytes: keep the socket short.
@@ -215,6 +223,9 @@ func (d *daemon) start() {
 	d.t.Helper()
 	d.logs = &syncbuf.Buffer{}
 	d.cmd = exec.Command(filepath.Join(binDir, "exchanged"), "serve", "--config", d.cfgPath)
+	if d.env != nil {
+		d.cmd.Env = append(os.Environ(), d.env...)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
