@@ -61,7 +61,8 @@ func (a *gitActor) name() string {
 // findForGitClientLocked reproduces the credential checks of find_for_git_client that exist
 // here, in its order: OAuth access tokens (any username), personal/project/group access tokens
 // with any non-blank username, then deploy tokens whose username equals the login. Passwords
-// of users, CI job tokens and LFS tokens are not modelled and fail. project may be nil
+// of users and CI job tokens are not modelled and fail; LFS tokens are checked on the LFS
+// routes only (lfsTokenActorLocked), as GitLab does. project may be nil
 // (registry token requests).
 func (s *Server) findForGitClientLocked(login, password string, project *Project) *gitActor {
 	if password == "" {

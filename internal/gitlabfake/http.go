@@ -225,6 +225,9 @@ func (s *Server) routes() http.Handler {
 		if s.serveGoGet(w, r) { // a Rack middleware in GitLab: before any route
 			return
 		}
+		if s.serveLFS(w, r) {
+			return
+		}
 		if s.serveGit(w, r) {
 			return
 		}

@@ -2,9 +2,10 @@
 // JWKS with key rotation, CI/CD ID tokens with GitLab's claims, the deploy-token, project/group
 // access-token, PAT self-rotation and project/group REST APIs with GitLab's status codes and JSON
 // shapes, rate-limit headers and fault injection, git smart HTTP through the real `git http-backend`
-// with GitLab's credential rules, the container-registry token endpoint, and Go's ?go-get=1
-// discovery as GitLab's middleware answers it (goget.go). With Options.Host it is GitLab at
-// https://HOST, reached through a CONNECT proxy of its own (tls.go).
+// with GitLab's credential rules, the container-registry token endpoint, Go's ?go-get=1
+// discovery as GitLab's middleware answers it (goget.go), and Git LFS: the batch API, upload,
+// download and LFS tokens (lfs.go). With Options.Host it is GitLab at https://HOST, reached
+// through a CONNECT proxy of its own (tls.go).
 //
 // Start one with Start(t, Options{}) in a test (or New outside tests) and point clients at URL().
 // Anything the stand-in does not know answers 501 {"message":"stand-in: route not implemented: ..."}
@@ -23,7 +24,7 @@
 // grant with PKCE, refresh-token rotation, revocation, OAuth tokens for git and the registry):
 // see oauth.go.
 //
-// Not modelled: passwords, CI job tokens (JOB-TOKEN), LFS, SSH, user
+// Not modelled: passwords, CI job tokens (JOB-TOKEN), SSH, user
 // namespaces, per-user rate limits (one limit for all requests), protected branches other than
 // the default branch.
 //
@@ -133,6 +134,9 @@ type Server struct {
 
 	jobsOnce sync.Once
 	jobState *jobState // CI jobs and webhooks (jobs.go)
+
+	lfsOnce sync.Once
+	lfs     *lfsState // Git LFS objects and the LFS token key (lfs.go)
 
 	closeOnce sync.Once
 	closeErr  error
