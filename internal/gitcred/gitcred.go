@@ -175,7 +175,11 @@ func appendOrReset(list []string, value string) []string {
 
 // Resource is the repository URL the request is about: protocol://host/path.
 // git sends path without a leading slash (one is tolerated); nothing else is
-// stripped, so ".git" stays. When git sent only url=, that URL is used.
+// stripped, so ".git" stays, except a route below the repository: git-lfs asks
+// for its endpoint, "group/proj.git/info/lfs", when the remote's URL does not
+// give it the host's scheme (an SSH remote), and the credential for that is
+// the repository's ("group/proj.git"; no GitLab path segment ends in ".git").
+// When git sent only url=, that URL is used.
 // A missing path is ErrNoPath, a missing protocol or host ErrIncomplete.
 func (req *Request) Resource() (string, error) {
 	protocol, host, path := req.Protocol, req.Host, req.Path
@@ -193,6 +197,9 @@ func (req *Request) Resource() (string, error) {
 		return "", fmt.Errorf("%w: invalid protocol or host", ErrIncomplete)
 	}
 	path = strings.TrimPrefix(path, "/")
+	if i := strings.Index(path, ".git/"); i > 0 {
+		path = path[:i+len(".git")]
+	}
 	if path == "" {
 		return "", ErrNoPath
 	}

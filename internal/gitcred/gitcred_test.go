@@ -146,6 +146,8 @@ func TestResource(t *testing.T) {
 		{"leading slash tolerated", Request{Protocol: "https", Host: "h", Path: "/g/p.git"}, "https://h/g/p.git", nil},
 		{"trailing slash kept", Request{Protocol: "https", Host: "h", Path: "g/p/"}, "https://h/g/p/", nil},
 		{"from url", Request{URL: "https://h/g/p.git"}, "https://h/g/p.git", nil},
+		{"git-lfs endpoint: the repository", Request{Protocol: "https", Host: "h", Path: "g/sub/p.git/info/lfs"}, "https://h/g/sub/p.git", nil},
+		{"git-lfs endpoint from url", Request{URL: "https://h/g/p.git/info/lfs"}, "https://h/g/p.git", nil},
 		{"no path", Request{Protocol: "https", Host: "h"}, "", ErrNoPath},
 		{"empty path", Request{Protocol: "https", Host: "h", Path: "/"}, "", ErrNoPath},
 		{"url without path", Request{URL: "https://h"}, "", ErrNoPath},
