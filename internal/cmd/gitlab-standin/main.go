@@ -2,15 +2,27 @@
 // manual use. It is a test tool: never deploy it, never point real credentials at it.
 //
 //	gitlab-standin --state-dir DIR [--listen-file PATH] [--project group/proj ...] [--group group ...]
-//	               [--user NAME ...] [--service-user NAME] [-v]
+//	               [--user NAME ...] [--service-user NAME] [--host NAME] [-v]
 //
 // It listens on a loopback port, creates the projects (with a README on main), a service user
 // with Maintainer rights on them (Owner on each --group) and a personal access token (scope api)
 // for that user, optional human users (Developer on every project), and writes
 //
-//	DIR/url            the base URL (plain http, loopback; also the ID-token issuer)
+//	DIR/url            the base URL (plain http, loopback; https://HOST with --host; also the ID-token issuer)
 //	DIR/service-token  the service user's PAT (mode 0600)
 //	PATH               the URL again, if --listen-file is given (written last: wait for it)
+//
+// With --host gitlab.example.com the stand-in is GitLab at https://gitlab.example.com (what go
+// needs: a module path has no port). It serves TLS under a CA of its own and runs a CONNECT proxy
+// that takes that host's port 443 to it, and also writes
+//
+//	DIR/ca.pem         the CA, for SSL_CERT_FILE (go, exchanged: gitlab.ca_file) and GIT_SSL_CAINFO (git)
+//	DIR/proxy          the proxy's URL, for https_proxy
+//
+//	export https_proxy=$(cat DIR/proxy) SSL_CERT_FILE=DIR/ca.pem GIT_SSL_CAINFO=DIR/ca.pem
+//	curl "https://gitlab.example.com/platform/app?go-get=1"   # GitLab's go-import answer
+//
+// The stand-in-only routes below are then under $(cat DIR/url) too, through the proxy.
 //
 // Scripts get CI/CD ID tokens from the stand-in-only route (answered to loopback clients only;
 // GitLab has no such route):
@@ -57,9 +69,10 @@ func run(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writ
 	groups := fs.StringArray("group", nil, "group on which the service user is Owner (for group deploy/access tokens; repeatable)")
 	users := fs.StringArray("user", nil, "human user with Developer on every --project, for ID tokens (?user=NAME; repeatable)")
 	serviceUser := fs.String("service-user", "gltoken-service", "user that gets Maintainer on every --project and a PAT")
+	host := fs.String("host", "", "serve as GitLab at https://HOST (TLS under a CA of its own, reached through a CONNECT proxy; writes DIR/ca.pem and DIR/proxy)")
 	verbose := fs.BoolP("verbose", "v", false, "log every request (method, path, status) to stderr")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: gitlab-standin --state-dir DIR [--listen-file PATH] [--project PATH ...] [--group PATH ...] [--user NAME ...] [--service-user NAME] [-v]")
+		fmt.Fprintln(stderr, "usage: gitlab-standin --state-dir DIR [--listen-file PATH] [--project PATH ...] [--group PATH ...] [--user NAME ...] [--service-user NAME] [--host NAME] [-v]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -76,7 +89,7 @@ func run(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writ
 		fmt.Fprintf(stderr, "gitlab-standin: %v\n", err)
 		return 1
 	}
-	opts := gitlabfake.Options{RepoRoot: filepath.Join(*stateDir, "repos")}
+	opts := gitlabfake.Options{RepoRoot: filepath.Join(*stateDir, "repos"), Host: *host}
 	if *verbose {
 		opts.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
 	}
@@ -107,6 +120,16 @@ func run(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writ
 	if err := writeFile(filepath.Join(*stateDir, "service-token"), pat+"\n", 0o600); err != nil {
 		fmt.Fprintf(stderr, "gitlab-standin: %v\n", err)
 		return 1
+	}
+	if *host != "" {
+		if err := writeFile(filepath.Join(*stateDir, "ca.pem"), string(s.CACertPEM()), 0o644); err != nil {
+			fmt.Fprintf(stderr, "gitlab-standin: %v\n", err)
+			return 1
+		}
+		if err := writeFile(filepath.Join(*stateDir, "proxy"), s.ProxyURL()+"\n", 0o644); err != nil {
+			fmt.Fprintf(stderr, "gitlab-standin: %v\n", err)
+			return 1
+		}
 	}
 	if err := writeFile(filepath.Join(*stateDir, "url"), s.URL()+"\n", 0o644); err != nil {
 		fmt.Fprintf(stderr, "gitlab-standin: %v\n", err)

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	neturl "net/url"
@@ -113,5 +115,65 @@ func TestRunNeedsStateDir(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "--state-dir is required") {
 		t.Fatalf("stderr %q", stderr.String())
+	}
+}
+
+// TestRunHost: with --host the stand-in is GitLab at https://HOST, reached
+// through the proxy it writes, trusting the CA it writes; go's discovery
+// request gets GitLab's go-import answer.
+func TestRunHost(t *testing.T) {
+	dir := t.TempDir()
+	listen := filepath.Join(dir, "listen")
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr bytes.Buffer
+	done := make(chan int)
+	go func() {
+		done <- run(ctx, []string{"--state-dir", dir, "--listen-file", listen, "--project", "platform/app", "--host", "gitlab.example.com"}, nil, &stdout, &stderr)
+	}()
+	var url string
+	for url == "" {
+		select {
+		case code := <-done:
+			t.Fatalf("run exited early with %d: %s", code, stderr.String())
+		default:
+		}
+		if b, err := os.ReadFile(listen); err == nil {
+			url = strings.TrimSpace(string(b))
+		} else {
+			time.Sleep(10 * time.Millisecond) // polling, not a timing assertion
+		}
+	}
+	if url != "https://gitlab.example.com" {
+		t.Fatalf("url %q", url)
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := os.ReadFile(filepath.Join(dir, "proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		t.Fatal("ca.pem holds no certificate")
+	}
+	pu, err := neturl.Parse(strings.TrimSpace(string(proxy)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Get(url + "/platform/app/pkg?go-get=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `<meta name="go-import" content="gitlab.example.com/platform/app git https://gitlab.example.com/platform/app.git">`) {
+		t.Fatalf("go-get: %d %s", resp.StatusCode, body)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 }
