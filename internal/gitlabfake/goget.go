@@ -33,7 +33,8 @@ import (
 // content="HOST/PATH git URL/PATH.git"></head><body>go get HOST/PATH</body></html>.
 // Current GitLab sends no go-source tag (older versions did).
 // Not modelled: SSH as the enabled git protocol (the repository URL is then
-// ssh://), the IP ban after failed attempts (403).
+// ssh://), the IP ban after failed attempts (403), a project without a
+// repository (404; every project here has one).
 
 const goGetNotFound = "Go package not found or access denied. If you are trying to access a private project, ensure your ~/.netrc file has credentials so the go toolchain can authenticate. See %s/help/user/project/use_project_as_go_package.md for details."
 
