@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"gltoken.dev/gltoken/internal/fingerprint"
 	"gltoken.dev/gltoken/internal/gitcred"
 	"gltoken.dev/gltoken/internal/gitlaboauth"
+	"gltoken.dev/gltoken/internal/loopback"
 )
 
 // The developer path: no ID token, a person logged in with `login`, an agent holding the grant.
@@ -56,8 +56,7 @@ func oauthClient(host, clientID string) (*gitlaboauth.Client, error) {
 		return nil, err
 	}
 	if u.Scheme == "http" {
-		ip := net.ParseIP(u.Hostname())
-		if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		if !loopback.Host(u.Hostname()) {
 			return nil, fmt.Errorf("%s is plain http: OAuth tokens would cross the network in clear; use https", host)
 		}
 	}

@@ -2,7 +2,6 @@ package gitlabfake
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -24,8 +23,7 @@ const StandinIDTokenLifetime = time.Hour
 // as GET /api/v4/projects/:id shows it, 201 Created (200 when it existed:
 // the memberships are still added).
 func (s *Server) handleStandinProjects(w http.ResponseWriter, r *http.Request, _ params) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+	if !isLoopbackRemote(r) {
 		writeMessage(w, http.StatusForbidden, "stand-in: projects is for loopback clients only")
 		return
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/fingerprint"
+	"gltoken.dev/gltoken/internal/loopback"
 )
 
 // GitLab's OAuth provider is Doorkeeper, configured in config/initializers/doorkeeper.rb and
@@ -335,14 +335,7 @@ func (s *Server) handleStandinDevice(w http.ResponseWriter, r *http.Request, _ p
 	writeJSON(w, http.StatusOK, map[string]string{"user_code": normalizeUserCode(code), "action": action})
 }
 
-func isLoopbackRemote(r *http.Request) bool {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
+func isLoopbackRemote(r *http.Request) bool { return loopback.Remote(r.RemoteAddr) }
 
 // handleAuthorize is GET /oauth/authorize (authorization code grant, RFC 6749 section 4.1,
 // with PKCE, RFC 7636).
@@ -414,8 +407,7 @@ func redirectAllowed(app *OAuthApplication, redirect string) bool {
 		if err != nil || want.Scheme != "http" || got.Scheme != "http" {
 			continue
 		}
-		ip := net.ParseIP(want.Hostname())
-		if ip != nil && ip.IsLoopback() && want.Hostname() == got.Hostname() && strings.TrimSuffix(want.Path, "/") == strings.TrimSuffix(got.Path, "/") {
+		if loopback.Host(want.Hostname()) && want.Hostname() == got.Hostname() && strings.TrimSuffix(want.Path, "/") == strings.TrimSuffix(got.Path, "/") {
 			return true
 		}
 	}

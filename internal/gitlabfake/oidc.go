@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -433,8 +432,7 @@ func (s *Server) SignClaims(claims map[string]any, header map[string]any) string
 // The answer is the token as text/plain. Without timeout the token lasts
 // StandinIDTokenLifetime (1 h, GitLab's default job timeout).
 func (s *Server) handleStandinIDToken(w http.ResponseWriter, r *http.Request, _ params) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+	if !isLoopbackRemote(r) {
 		writeMessage(w, http.StatusForbidden, "stand-in: id_token is for loopback clients only")
 		return
 	}

@@ -5,6 +5,7 @@
 package loopback
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 )
@@ -23,4 +24,11 @@ func Host(host string) bool {
 		return false
 	}
 	return ip.Unmap().IsLoopback()
+}
+
+// Remote reports whether addr — a peer address as http.Request.RemoteAddr
+// gives it, host:port — is a loopback address (see Host).
+func Remote(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && Host(host)
 }

@@ -32,3 +32,21 @@ func TestHost(t *testing.T) {
 		}
 	}
 }
+
+func TestRemote(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{
+		{"127.0.0.1:41234", true},
+		{"[::1]:41234", true},
+		{"127.0.0.1", false}, // RemoteAddr always has a port
+		{"10.1.2.3:41234", false},
+		{"[fe80::1%lo]:41234", false},
+		{"", false},
+	} {
+		if got := Remote(tt.addr); got != tt.want {
+			t.Errorf("Remote(%q) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+}
