@@ -158,6 +158,7 @@ func TestGitLabRemainingZeroPauses(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	s := gitlabfake.Start(t, gitlabfake.Options{Now: clock})
 	s.SetRateLimit(3)
+	s.SetRateLimitHeaders(true) // GitLab 18.6+: RateLimit-* on unthrottled answers too
 	c := budgetClient(t, s, NewBudget(1000, clock), clock)
 	ctx := t.Context()
 	for i := range 3 {

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
 // defaultRateLimit is gitlab.com's authenticated API limit (requests per minute).
@@ -75,8 +77,13 @@ func (s *Server) matchFault(r *http.Request) *Fault {
 	return nil
 }
 
-// SetRateLimit sets the limit per minute for all requests (0 restores the default, 2000).
-// RateLimit-* headers are always present; over the limit the answer is 429 with Retry-After.
+// SetRateLimit sets GitLab's authenticated API limit (throttle_authenticated_api):
+// requests a minute per user (0 restores the default, 2000, gitlab.com's). Like
+// Rack::Attack, each user has a bucket of its own (a bot user's access tokens
+// and a person's tokens count against their user, never against each other)
+// in a fixed window aligned to the epoch, and only /api/ requests authenticated
+// by an active token count; over the limit the answer is 429 "Retry later" with
+// GitLab's RateLimit-* headers, Retry-After and RateLimit-ResetTime.
 func (s *Server) SetRateLimit(limitPerMinute int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -86,35 +93,106 @@ func (s *Server) SetRateLimit(limitPerMinute int) {
 	s.rateLimit = limitPerMinute
 }
 
-// rateLimitHeaders counts the request in the current fixed one-minute window (aligned to the
-// epoch like Rack::Attack) and sets GitLab's headers. It reports whether the request is over the
-// limit and the seconds until the window resets.
-func (s *Server) rateLimitHeaders(h http.Header) (bool, int) {
+// SetRateLimitHeaders turns GitLab's rate_limiting_headers_for_unthrottled_requests
+// feature flag (18.6+, off by default) on or off: with it, every counted request's
+// answer carries RateLimit-Name, -Limit, -Observed, -Remaining and -Reset, not only
+// the 429 of the throttle (lib/gitlab/middleware/rack_attack_headers.rb).
+func (s *Server) SetRateLimitHeaders(everyResponse bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rateHeadersAlways = everyResponse
+}
+
+// RateLimitObserved is what the throttle counted for u in the current window.
+func (s *Server) RateLimitObserved(u *User) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.rateBuckets[u.ID]
+	if b == nil || !b.window.Equal(s.now().Truncate(time.Minute)) {
+		return 0
+	}
+	return b.count
+}
+
+type rateBucket struct {
+	window time.Time
+	count  int
+}
+
+// requesterLocked is who GitLab's throttles count r against
+// (Gitlab::RackAttack::Request#throttled_identifer): the user of an active
+// personal, project or group access token or OAuth token sent with an API
+// request, and the token's id (0 for OAuth). Unauthenticated requests (per
+// IP in GitLab, and off by default) and everything outside /api/ are not
+// counted here.
+func (s *Server) requesterLocked(r *http.Request) (userID, tokenID int64) {
+	if !strings.HasPrefix(r.URL.EscapedPath(), "/api/") {
+		return 0, 0
+	}
+	secret := r.Header.Get("PRIVATE-TOKEN")
+	if secret == "" {
+		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
+			secret = strings.TrimSpace(a[7:])
+		}
+	}
+	if secret == "" {
+		secret = r.URL.Query().Get("private_token")
+	}
+	if secret == "" {
+		secret = r.URL.Query().Get("access_token")
+	}
+	if secret == "" {
+		return 0, 0
+	}
+	h := fingerprint.Of(secret)
+	if t := s.tokenByHash[h]; t != nil && isPAT(t.Kind) && s.patActiveLocked(t) {
+		return t.UserID, t.ID
+	}
+	if o := s.oauthByAccess[h]; o != nil && o.accessible(s.now()) {
+		return o.userID, 0
+	}
+	return 0, 0
+}
+
+// throttle counts r in its user's current one-minute window (aligned to the
+// epoch, as Rack::Attack's period is) and sets GitLab's headers: on a request
+// over the limit those of its 429 (it reports true), else, with SetRateLimitHeaders, the common ones.
+// It also returns the requester's user and token ids.
+func (s *Server) throttle(r *http.Request, h http.Header) (limited bool, userID, tokenID int64) {
 	now := s.now()
 	s.mu.Lock()
-	window := now.Truncate(time.Minute)
-	if !window.Equal(s.rateWindow) {
-		s.rateWindow = window
-		s.rateCount = 0
+	userID, tokenID = s.requesterLocked(r)
+	if userID == 0 {
+		s.mu.Unlock()
+		return false, 0, 0
 	}
-	s.rateCount++
-	count, limit := s.rateCount, s.rateLimit
+	window := now.Truncate(time.Minute)
+	b := s.rateBuckets[userID]
+	if b == nil {
+		b = &rateBucket{}
+		s.rateBuckets[userID] = b
+	}
+	if !window.Equal(b.window) {
+		b.window, b.count = window, 0
+	}
+	b.count++
+	count, limit, always := b.count, s.rateLimit, s.rateHeadersAlways
 	s.mu.Unlock()
 
+	// Gitlab::RackAttack::RequestThrottleData: retry_after = period - now % period.
 	reset := window.Add(time.Minute)
 	retryAfter := int(reset.Unix() - now.Unix())
-	if retryAfter < 1 {
-		retryAfter = 1
+	limited = count > limit
+	if limited || always {
+		h.Set("RateLimit-Name", "throttle_authenticated_api")
+		h.Set("RateLimit-Limit", strconv.Itoa(limit))
+		h.Set("RateLimit-Observed", strconv.Itoa(count))
+		h.Set("RateLimit-Remaining", strconv.Itoa(max(limit-count, 0)))
+		h.Set("RateLimit-Reset", strconv.FormatInt(reset.Unix(), 10))
 	}
-	remaining := limit - count
-	if remaining < 0 {
-		remaining = 0
+	if limited {
+		h.Set("Retry-After", strconv.Itoa(retryAfter))
+		h.Set("RateLimit-ResetTime", reset.UTC().Format(http.TimeFormat))
 	}
-	h.Set("RateLimit-Name", "throttle_authenticated_api")
-	h.Set("RateLimit-Limit", strconv.Itoa(limit))
-	h.Set("RateLimit-Observed", strconv.Itoa(count))
-	h.Set("RateLimit-Remaining", strconv.Itoa(remaining))
-	h.Set("RateLimit-Reset", strconv.FormatInt(reset.Unix(), 10))
-	h.Set("RateLimit-ResetTime", reset.UTC().Format(http.TimeFormat))
-	return count > limit, retryAfter
+	return limited, userID, tokenID
 }

@@ -23,9 +23,6 @@ func TestUnknownRouteAnswers501(t *testing.T) {
 	if got := r.json(t)["message"]; got != "stand-in: route not implemented: PUT /api/v4/projects/1/variables" {
 		t.Fatalf("message %q", got)
 	}
-	if r.header.Get("RateLimit-Limit") == "" {
-		t.Fatal("RateLimit-* headers missing")
-	}
 	reqs := s.Requests()
 	if len(reqs) != 1 || reqs[0].Status != 501 || reqs[0].Path != "/api/v4/projects/1/variables" {
 		t.Fatalf("Requests() = %+v", reqs)
@@ -119,28 +116,87 @@ func TestFaults(t *testing.T) {
 	})
 }
 
+// TestRateLimit: GitLab's authenticated API throttle as Rack::Attack runs
+// it: one bucket per user (two tokens of one user share it, another user's
+// is apart) in a window aligned to the minute; the 429 carries every header
+// and Retry-After; other answers carry RateLimit-* only with the 18.6 flag;
+// requests outside /api/ and unauthenticated ones are not counted.
 func TestRateLimit(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	f.clock.Set(time.Date(2026, 3, 10, 12, 0, 45, 0, time.UTC))
-	f.s.SetRateLimit(2)
-	for i := 1; i <= 2; i++ {
-		r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", "")
-		if r.status != 200 || r.header.Get("RateLimit-Remaining") != strconv.Itoa(2-i) || r.header.Get("RateLimit-Observed") != strconv.Itoa(i) {
-			t.Fatalf("request %d: %d %v", i, r.status, r.header)
+	f.s.SetRateLimit(3)
+	second := f.s.CreatePersonalAccessToken(f.svc, "second", []string{"api"}, nil)
+	other := f.s.AddUser("other")
+	f.s.AddMember(other, "platform/app", Developer)
+	otherPAT := f.s.CreatePersonalAccessToken(other, "mine", []string{"api"}, nil)
+	get := func(token string) apiResult { return doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", token, "", "") }
+
+	for i, tok := range []string{f.svcPAT, second, f.svcPAT} {
+		r := get(tok)
+		if r.status != 200 {
+			t.Fatalf("request %d: %d", i+1, r.status)
+		}
+		for k := range r.header {
+			if strings.HasPrefix(k, "Ratelimit-") || k == "Retry-After" {
+				t.Fatalf("request %d: %s on an unthrottled answer without the flag", i+1, k)
+			}
 		}
 	}
-	r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", "")
-	if r.status != 429 || r.header.Get("Retry-After") != "15" || string(r.body) != "Retry later\n" {
-		t.Fatalf("over the limit: %d Retry-After=%q %q", r.status, r.header.Get("Retry-After"), r.body)
+	// Not counted: outside the API, and without a token.
+	for _, u := range []string{"/oauth/discovery/keys", "/api/v4/version"} {
+		if r := doRaw(t, "GET", f.s.URL()+u, "", "", ""); r.status == 429 {
+			t.Fatalf("%s unauthenticated: 429", u)
+		}
+	}
+	if f.s.RateLimitObserved(f.svc) != 3 {
+		t.Fatalf("observed for the service account %d, want 3 (both its tokens)", f.s.RateLimitObserved(f.svc))
+	}
+	r := get(second)
+	if r.status != 429 || string(r.body) != "Retry later\n" || r.header.Get("Content-Type") != "text/plain" {
+		t.Fatalf("over the limit: %d %q", r.status, r.body)
 	}
 	reset := time.Date(2026, 3, 10, 12, 1, 0, 0, time.UTC)
-	if r.header.Get("RateLimit-Reset") != strconv.FormatInt(reset.Unix(), 10) || r.header.Get("RateLimit-ResetTime") != reset.Format(http.TimeFormat) {
-		t.Fatalf("reset headers %v", r.header)
+	for k, want := range map[string]string{
+		"RateLimit-Name": "throttle_authenticated_api", "RateLimit-Limit": "3", "RateLimit-Observed": "4",
+		"RateLimit-Remaining": "0", "RateLimit-Reset": strconv.FormatInt(reset.Unix(), 10),
+		"RateLimit-ResetTime": reset.Format(http.TimeFormat), "Retry-After": "15",
+	} {
+		if got := r.header.Get(k); got != want {
+			t.Errorf("429 %s = %q, want %q", k, got, want)
+		}
 	}
+	// Another user has a bucket of its own.
+	if r := get(otherPAT); r.status != 200 {
+		t.Fatalf("another user while the service account is throttled: %d", r.status)
+	}
+	// The requests name the token each came with, never its secret.
+	counts := map[int64]int{}
+	for _, q := range f.s.Requests() {
+		if q.Path == "/api/v4/projects/1" {
+			counts[q.TokenID]++
+		}
+	}
+	if len(counts) != 3 || counts[0] != 0 {
+		t.Fatalf("requests by token %v, want three tokens", counts)
+	}
+
+	// GitLab 18.6's rate_limiting_headers_for_unthrottled_requests: every
+	// counted answer carries the common headers, without Retry-After.
 	f.clock.Set(reset)
-	if r := doRaw(t, "GET", f.s.URL()+"/api/v4/projects/1", f.svcPAT, "", ""); r.status != 200 {
-		t.Fatalf("next window: %d", r.status)
+	f.s.SetRateLimitHeaders(true)
+	for i := 1; i <= 3; i++ {
+		r := get(f.svcPAT)
+		if r.status != 200 || r.header.Get("RateLimit-Remaining") != strconv.Itoa(3-i) || r.header.Get("RateLimit-Observed") != strconv.Itoa(i) ||
+			r.header.Get("RateLimit-Reset") != strconv.FormatInt(reset.Add(time.Minute).Unix(), 10) {
+			t.Fatalf("request %d of the next window: %d %v", i, r.status, r.header)
+		}
+		if r.header.Get("Retry-After") != "" || r.header.Get("RateLimit-ResetTime") != "" {
+			t.Fatalf("request %d: throttled-only headers on a 200: %v", i, r.header)
+		}
+	}
+	if r := get(f.svcPAT); r.status != 429 || r.header.Get("Retry-After") != "60" {
+		t.Fatalf("over the limit with the flag: %d Retry-After=%q", r.status, r.header.Get("Retry-After"))
 	}
 }
 

@@ -19,6 +19,11 @@ type Request struct {
 	Path   string // escaped path, without the query
 	Status int    // -1 when a LoseResponse fault dropped the connection
 	Time   time.Time
+	// UserID and TokenID name the user and the personal, project or group
+	// access token an API request was authenticated with (0: none, or not
+	// an API request; TokenID 0 for an OAuth token): what the rate limit
+	// counts.
+	UserID, TokenID int64
 }
 
 // Requests returns every request answered so far, oldest first.
@@ -55,26 +60,36 @@ func (w *statusWriter) Flush() {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// middleware records requests, applies injected faults and the rate limit, and sets the
-// RateLimit-* headers on every response.
+// middleware records requests, applies injected faults and GitLab's
+// authenticated API rate limit (per user) with its headers.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w}
 		start := s.now()
+		var userID, tokenID int64
 		defer func() {
 			status := sw.status
 			if status == 0 {
 				status = http.StatusOK
 			}
 			s.mu.Lock()
-			s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.EscapedPath(), Status: status, Time: start})
+			s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.EscapedPath(), Status: status, Time: start,
+				UserID: userID, TokenID: tokenID})
 			s.mu.Unlock()
 			if s.opts.Logf != nil {
 				s.opts.Logf("gitlabfake: %s %s -> %d", r.Method, r.URL.EscapedPath(), status)
 			}
 		}()
 
-		limited, retryAfter := s.rateLimitHeaders(sw.Header())
+		limited, uid, tid := s.throttle(r, sw.Header())
+		userID, tokenID = uid, tid
+		if limited {
+			// Rack::Attack answers before the application is reached.
+			sw.Header().Set("Content-Type", "text/plain")
+			sw.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(sw, "Retry later\n")
+			return
+		}
 		f := s.matchFault(r)
 		if f != nil && f.Latency > 0 {
 			t := time.NewTimer(f.Latency)
@@ -89,6 +104,13 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			if f.RetryAfter > 0 {
 				sw.Header().Set("Retry-After", strconv.Itoa(int((f.RetryAfter+time.Second-1)/time.Second)))
 			}
+			if f.Status == http.StatusTooManyRequests {
+				// Not the throttle's: GitLab's header middleware leaves
+				// every 429 alone.
+				for _, k := range []string{"RateLimit-Name", "RateLimit-Limit", "RateLimit-Observed", "RateLimit-Remaining", "RateLimit-Reset"} {
+					sw.Header().Del(k)
+				}
+			}
 			if f.Status == http.StatusTooManyRequests && f.Message == nil {
 				sw.Header().Set("Content-Type", "text/plain")
 				sw.WriteHeader(f.Status)
@@ -96,13 +118,6 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				return
 			}
 			writeFault(sw, f)
-			return
-		}
-		if limited {
-			sw.Header().Set("Retry-After", strconv.Itoa(retryAfter))
-			sw.Header().Set("Content-Type", "text/plain")
-			sw.WriteHeader(http.StatusTooManyRequests)
-			_, _ = io.WriteString(sw, "Retry later\n")
 			return
 		}
 		if f != nil && f.LoseResponse {

@@ -111,10 +111,10 @@ type Server struct {
 	registryKey  *rsa.PrivateKey
 	registryCert []byte // PEM
 
-	faults     []*faultEntry
-	rateLimit  int
-	rateWindow time.Time
-	rateCount  int
+	faults            []*faultEntry
+	rateLimit         int
+	rateBuckets       map[int64]*rateBucket // by user id
+	rateHeadersAlways bool
 
 	requests []Request
 
@@ -157,6 +157,7 @@ func New(opts Options) (*Server, error) {
 		members:          map[string]map[int64]int{},
 		tokenByHash:      map[string]*token{},
 		rateLimit:        defaultRateLimit,
+		rateBuckets:      map[int64]*rateBucket{},
 		oauthApps:        map[string]*OAuthApplication{},
 		deviceByCode:     map[string]*deviceGrant{},
 		deviceByUserCode: map[string]*deviceGrant{},
