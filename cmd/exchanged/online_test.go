@@ -119,3 +119,61 @@ func TestExplainIDToken(t *testing.T) {
 		t.Fatalf("--claims with --id-token: exit %d, want 2", code)
 	}
 }
+
+// TestCheckOnlineTokenFiles: with gitlab.token_files, check --online asks
+// GitLab about each token and prints a line for each; one GitLab rejects
+// fails the check, naming its file; two tokens of one GitLab user are
+// named in a warning (they share GitLab's rate limit).
+func TestCheckOnlineTokenFiles(t *testing.T) {
+	gl := gitlabfake.Start(t, gitlabfake.Options{})
+	a, b := gl.AddUser("svc-a"), gl.AddUser("svc-b")
+	in30 := time.Now().Add(30 * 24 * time.Hour)
+	tokA := gl.CreatePersonalAccessToken(a, "sa-a", []string{"api"}, &in30)
+	tokA2 := gl.CreatePersonalAccessToken(a, "sa-a2", []string{"api"}, &in30)
+	tokB := gl.CreatePersonalAccessToken(b, "sa-b", []string{"api"}, &in30)
+	dir := t.TempDir()
+	pol, err := os.ReadFile("../../contrib/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "exchanged.yaml")
+	for name, data := range map[string]string{
+		"policy.yaml": string(pol),
+		"exchanged.yaml": fmt.Sprintf("listen: [unix://%s/x.sock]\ngitlab:\n  url: %s\n  token_files: [sa-1, sa-2]\naudience: https://gltoken.example.com\npolicy_file: policy.yaml\nstore: {driver: sqlite, dsn: state.db}\n",
+			dir, gl.URL()),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(name, tok string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("sa-1", tokA)
+	write("sa-2", tokB)
+	code, out, errs := runCmd(t, "check", "--config", cfg, "--online")
+	if code != 0 || !strings.Contains(out, filepath.Join(dir, "sa-1")+`: ok (GitLab accepts token "sa-a"`) ||
+		!strings.Contains(out, filepath.Join(dir, "sa-2")+`: ok (GitLab accepts token "sa-b"`) || errs != "" {
+		t.Fatalf("two good tokens: exit %d\n%s%s", code, out, errs)
+	}
+	write("sa-2", tokA2)
+	code, out, errs = runCmd(t, "check", "--config", cfg, "--online")
+	if code != 0 || !strings.Contains(errs, filepath.Join(dir, "sa-2")+": warning: this token and "+filepath.Join(dir, "sa-1")+"'s belong to one GitLab user") {
+		t.Fatalf("two tokens of one user: exit %d\n%s%s", code, out, errs)
+	}
+	st, _ := gl.TokenByName("sa-b")
+	gl.RevokeToken(st.Kind, st.ID)
+	write("sa-2", tokB)
+	code, out, errs = runCmd(t, "check", "--config", cfg, "--online")
+	if code != 1 || !strings.Contains(errs, filepath.Join(dir, "sa-2")+": GitLab ("+gl.URL()+") rejects the service token (401)") ||
+		strings.Contains(errs, filepath.Join(dir, "sa-1")+":") {
+		t.Fatalf("the second token revoked: exit %d\n%s%s", code, out, errs)
+	}
+	for _, tok := range []string{tokA, tokA2, tokB} {
+		if strings.Contains(out+errs, tok) {
+			t.Fatalf("the output shows a secret:\n%s%s", out, errs)
+		}
+	}
+}

@@ -63,6 +63,12 @@ type GitLab struct {
 	// from {url}/oauth/discovery/keys.
 	Issuer    string `yaml:"issuer"`
 	TokenFile string `yaml:"token_file"`
+	// TokenFiles, instead of TokenFile, names several service-account
+	// tokens, each in a file of its own (each rotated by itself). Every
+	// call to GitLab goes with the token whose account has the most calls
+	// left: GitLab counts its rate limit per user, so the tokens of
+	// different accounts add up. Every account needs the same rights.
+	TokenFiles []string `yaml:"token_files"`
 	// InitialTokenFile is a read-only source of the service token, such as
 	// systemd's $CREDENTIALS_DIRECTORY/gitlab-token (LoadCredential=;
 	// $CREDENTIALS_DIRECTORY is expanded). Its token is copied into
@@ -70,8 +76,11 @@ type GitLab struct {
 	// token not copied before (an operator installed a new one); otherwise
 	// token_file, which the daemon rotates, stays in force.
 	InitialTokenFile string `yaml:"initial_token_file"`
-	RegistryURL      string `yaml:"registry_url"`
-	CAFile           string `yaml:"ca_file"`
+	// InitialTokenFiles are the initial_token_file of each of TokenFiles,
+	// in the same order.
+	InitialTokenFiles []string `yaml:"initial_token_files"`
+	RegistryURL       string   `yaml:"registry_url"`
+	CAFile            string   `yaml:"ca_file"`
 	// Rotation of the service token by itself before it expires.
 	Rotation Rotation `yaml:"rotation"`
 	// WebhookSecretFile holds the secret GitLab's webhook sends in
@@ -313,6 +322,13 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.TLS.ClientCAFile)
 	abs(&c.GitLab.TokenFile)
 	abs(&c.GitLab.InitialTokenFile)
+	for i := range c.GitLab.TokenFiles {
+		abs(&c.GitLab.TokenFiles[i])
+	}
+	for i := range c.GitLab.InitialTokenFiles {
+		cred(&c.GitLab.InitialTokenFiles[i])
+		abs(&c.GitLab.InitialTokenFiles[i])
+	}
 	abs(&c.GitLab.CAFile)
 	abs(&c.GitLab.WebhookSecretFile)
 	abs(&c.PolicyFile)
@@ -444,10 +460,12 @@ func (c *Config) validate(d *decoder) {
 	} else if strings.HasSuffix(c.GitLab.URL, "/") {
 		add("gitlab.url", "gitlab.url: %q: drop the trailing slash (it must equal the ID tokens' iss exactly)", c.GitLab.URL)
 	}
-	if c.GitLab.TokenFile == "" {
-		add("gitlab.token_file", "gitlab.token_file is required: the service account token is never written inline")
+	c.validateTokenFiles(d)
+	credKeys := []struct{ key, val string }{{"gitlab.initial_token_file", c.GitLab.InitialTokenFile}, {"tls.key_file", c.TLS.KeyFile}, {"tls.cert_file", c.TLS.CertFile}}
+	for i, f := range c.GitLab.InitialTokenFiles {
+		credKeys = append(credKeys, struct{ key, val string }{fmt.Sprintf("gitlab.initial_token_files[%d]", i), f})
 	}
-	for _, k := range []struct{ key, val string }{{"gitlab.initial_token_file", c.GitLab.InitialTokenFile}, {"tls.key_file", c.TLS.KeyFile}, {"tls.cert_file", c.TLS.CertFile}} {
+	for _, k := range credKeys {
 		if strings.Contains(k.val, "${CREDENTIALS_DIRECTORY}") {
 			add(k.key, "%s: %q: $CREDENTIALS_DIRECTORY is not set; systemd sets it for a unit with LoadCredential= (contrib/systemd/exchanged.service): run under it, or name the file itself", k.key, k.val)
 		} else if strings.Contains(k.val, "${") {
@@ -524,6 +542,90 @@ func (c *Config) validate(d *decoder) {
 	}
 }
 
+// MaxTokenFiles bounds gitlab.token_files.
+const MaxTokenFiles = 16
+
+// validateTokenFiles checks gitlab.token_file / token_files and their
+// initial_token_file(s): one of the two forms, each file named once.
+func (c *Config) validateTokenFiles(d *decoder) {
+	g := c.GitLab
+	add := func(key, format string, args ...any) { d.add(d.line(key), format, args...) }
+	_, listed := d.lines["gitlab.token_files"]
+	_, seeds := d.lines["gitlab.initial_token_files"]
+	switch {
+	case g.TokenFile != "" && listed:
+		add("gitlab.token_files", "gitlab.token_files: use it or gitlab.token_file, not both (token_files lists one or more files)")
+		return
+	case listed && len(g.TokenFiles) == 0:
+		add("gitlab.token_files", "gitlab.token_files: empty; list the service-account token files (or use gitlab.token_file)")
+		return
+	case !listed && g.TokenFile == "":
+		add("gitlab.token_file", "gitlab.token_file (or gitlab.token_files) is required: the service account token is never written inline")
+		return
+	case len(g.TokenFiles) > MaxTokenFiles:
+		add("gitlab.token_files", "gitlab.token_files: %d files; at most %d", len(g.TokenFiles), MaxTokenFiles)
+	}
+	seen := map[string]string{}
+	for i, f := range g.TokenFiles {
+		key := fmt.Sprintf("gitlab.token_files[%d]", i)
+		if f == "" {
+			add(key, "%s: empty; name the file that holds the token", key)
+			continue
+		}
+		if first, dup := seen[f]; dup {
+			add(key, "%s: %q is listed twice (also %s, line %d): one token file is one token", key, f, first, d.line(first))
+			continue
+		}
+		seen[f] = key
+	}
+	if listed && g.InitialTokenFile != "" {
+		add("gitlab.initial_token_file", "gitlab.initial_token_file goes with gitlab.token_file; with gitlab.token_files write gitlab.initial_token_files (one per token file, in the same order)")
+	}
+	if !seeds {
+		return
+	}
+	if !listed {
+		add("gitlab.initial_token_files", "gitlab.initial_token_files goes with gitlab.token_files; with gitlab.token_file write gitlab.initial_token_file")
+		return
+	}
+	if len(g.InitialTokenFiles) != len(g.TokenFiles) {
+		add("gitlab.initial_token_files", "gitlab.initial_token_files: %d file(s) for %d in gitlab.token_files; give one for each, in the same order", len(g.InitialTokenFiles), len(g.TokenFiles))
+		return
+	}
+	for i, f := range g.InitialTokenFiles {
+		key := fmt.Sprintf("gitlab.initial_token_files[%d]", i)
+		switch {
+		case f == "":
+			add(key, "%s: empty; name the read-only file the token is taken from", key)
+		case seen[f] != "":
+			add(key, "%s: %q is also %s: the initial file is the read-only source the token file is filled from", key, f, seen[f])
+		}
+	}
+}
+
+// TokenFiles are the service-account token files: gitlab.token_files, or
+// gitlab.token_file alone.
+func (c *Config) TokenFiles() []string {
+	if len(c.GitLab.TokenFiles) > 0 {
+		return c.GitLab.TokenFiles
+	}
+	return []string{c.GitLab.TokenFile}
+}
+
+// InitialTokenFiles are the initial token file of each of TokenFiles, in
+// their order ("" where there is none).
+func (c *Config) InitialTokenFiles() []string {
+	files := c.TokenFiles()
+	out := make([]string, len(files))
+	switch {
+	case len(c.GitLab.TokenFiles) > 0:
+		copy(out, c.GitLab.InitialTokenFiles)
+	default:
+		out[0] = c.GitLab.InitialTokenFile
+	}
+	return out
+}
+
 // LoadLedgerKeys reads store.key_file (nil when none is configured) with
 // seal.Load's checks: a regular file, 0600 or stricter, every line a valid
 // key; errors name the file and line, never a key.
@@ -555,15 +657,31 @@ func (c *Config) ReadWebhookSecret() (string, error) {
 	return s, nil
 }
 
-// ReadToken reads the service account token from gitlab.token_file. It
-// refuses a file anyone but its owner may read (0600 or stricter), and never
-// echoes the content.
-func (c *Config) ReadToken() (string, error) {
-	if c.GitLab.InitialTokenFile != "" {
-		if _, err := os.Stat(c.GitLab.TokenFile); errors.Is(err, fs.ErrNotExist) {
-			// Not copied yet: the daemon takes it at start-up.
-			return svctoken.ReadFile(c.GitLab.InitialTokenFile)
+// ReadTokens reads the service account tokens, one from each of
+// TokenFiles (in their order). It refuses a file anyone but its owner may
+// read (0600 or stricter), and two files holding the same token (two
+// keepers would rotate it, and the second rotation, with a token the first
+// revoked, makes GitLab revoke the whole family); it never echoes a token.
+func (c *Config) ReadTokens() ([]string, error) {
+	seeds := c.InitialTokenFiles()
+	var out []string
+	seen := map[string]string{}
+	for i, file := range c.TokenFiles() {
+		if seeds[i] != "" {
+			if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+				// Not copied yet: the daemon takes it at start-up.
+				file = seeds[i]
+			}
 		}
+		tok, err := svctoken.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		if first, dup := seen[tok]; dup {
+			return nil, fmt.Errorf("service token files %s and %s hold the same token: give each file a token of its own", first, file)
+		}
+		seen[tok] = file
+		out = append(out, tok)
 	}
-	return svctoken.ReadFile(c.GitLab.TokenFile)
+	return out, nil
 }

@@ -2,8 +2,10 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +56,7 @@ func TestValidation(t *testing.T) {
 	}{
 		{"minimal", valid, nil},
 		{"unknown key", valid + "lisen: []\n", []string{"lisen"}},
-		{"everything missing", "max_ttl: 1h\n", []string{"gitlab.url is required", "gitlab.token_file is required", "audience is required", "policy_file is required"}},
+		{"everything missing", "max_ttl: 1h\n", []string{"gitlab.url is required", "gitlab.token_file (or gitlab.token_files) is required", "audience is required", "policy_file is required"}},
 		{"plain tcp off loopback", valid + "listen: [tcp://0.0.0.0:8638]\n", nil}, // replaced below
 		{"none algorithm", valid + "id_token: {algorithms: [none, HS256]}\n", []string{`"none" is not allowed`, `"HS256" is not allowed`}},
 		{"leeway too long", valid + "id_token: {leeway: 5m}\n", []string{"at most 60s"}},
@@ -154,32 +156,130 @@ log_level: ""
 	}
 }
 
-func TestReadToken(t *testing.T) {
+func TestReadTokens(t *testing.T) {
 	dir := t.TempDir()
 	c := &Config{GitLab: GitLab{TokenFile: filepath.Join(dir, "tok")}}
-	write := func(content string, mode os.FileMode) {
-		if err := os.WriteFile(c.GitLab.TokenFile, []byte(content), mode); err != nil {
+	write := func(file, content string, mode os.FileMode) {
+		if err := os.WriteFile(file, []byte(content), mode); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Chmod(c.GitLab.TokenFile, mode); err != nil {
+		if err := os.Chmod(file, mode); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("glpat-secretvalue\n", 0o600)
-	if tok, err := c.ReadToken(); err != nil || tok != "glpat-secretvalue" {
-		t.Fatalf("%q %v", tok, err)
+	write(c.GitLab.TokenFile, "glpat-secretvalue\n", 0o600)
+	if toks, err := c.ReadTokens(); err != nil || !slices.Equal(toks, []string{"glpat-secretvalue"}) {
+		t.Fatalf("%q %v", toks, err)
 	}
 	for _, bad := range []struct {
 		content string
 		mode    os.FileMode
 	}{{"glpat-secretvalue", 0o644}, {"", 0o600}, {"two\ntokens", 0o600}} {
-		write(bad.content, bad.mode)
-		_, err := c.ReadToken()
+		write(c.GitLab.TokenFile, bad.content, bad.mode)
+		_, err := c.ReadTokens()
 		if err == nil {
 			t.Fatalf("%q mode %o accepted", bad.content, bad.mode)
 		}
 		if strings.Contains(err.Error(), "secretvalue") || strings.Contains(err.Error(), "tokens") {
 			t.Fatalf("error echoes the file's content: %v", err)
 		}
+	}
+
+	// Several files, in their order; one holding another's token is refused.
+	sa1, sa2 := filepath.Join(dir, "sa-1"), filepath.Join(dir, "sa-2")
+	c = &Config{GitLab: GitLab{TokenFiles: []string{sa1, sa2}}}
+	write(sa1, "glpat-one\n", 0o600)
+	write(sa2, "glpat-two\n", 0o600)
+	if toks, err := c.ReadTokens(); err != nil || !slices.Equal(toks, []string{"glpat-one", "glpat-two"}) {
+		t.Fatalf("%q %v", toks, err)
+	}
+	write(sa2, "glpat-one\n", 0o600)
+	if _, err := c.ReadTokens(); err == nil || !strings.Contains(err.Error(), "same token") || strings.Contains(err.Error(), "glpat-one") {
+		t.Fatalf("two files with one token: %v", err)
+	}
+	write(sa2, "glpat-two\n", 0o644)
+	if _, err := c.ReadTokens(); err == nil || !strings.Contains(err.Error(), sa2) {
+		t.Fatalf("a readable second file: %v", err)
+	}
+}
+
+// TestTokenFiles: gitlab.token_files names several service tokens, each
+// file once, with initial_token_files one for one; every mistake is named
+// with its line.
+func TestTokenFiles(t *testing.T) {
+	base := `listen: [unix:///run/gltoken/exchanged.sock]
+audience: https://gltoken.example.com
+policy_file: /etc/gltoken/policy.yaml
+gitlab:
+  url: https://gitlab.example.com
+`
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/exchanged.service")
+	c, err := Parse([]byte(base+`  token_files: [sa-1, /var/lib/gltoken/sa-2]
+  initial_token_files: ["${CREDENTIALS_DIRECTORY}/sa-1", "${CREDENTIALS_DIRECTORY}/sa-2"]
+`), "/etc/gltoken/exchanged.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.TokenFiles(); !slices.Equal(got, []string{"/etc/gltoken/sa-1", "/var/lib/gltoken/sa-2"}) {
+		t.Errorf("TokenFiles = %q", got)
+	}
+	if got := c.InitialTokenFiles(); !slices.Equal(got, []string{"/run/credentials/exchanged.service/sa-1", "/run/credentials/exchanged.service/sa-2"}) {
+		t.Errorf("InitialTokenFiles = %q", got)
+	}
+	c, err = Parse([]byte(valid), "/etc/gltoken/exchanged.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, seeds := c.TokenFiles(), c.InitialTokenFiles(); !slices.Equal(got, []string{"/etc/gltoken/gitlab-token"}) || !slices.Equal(seeds, []string{""}) {
+		t.Errorf("token_file alone: TokenFiles = %q, InitialTokenFiles = %q", got, seeds)
+	}
+
+	for _, tc := range []struct {
+		name, gitlab string
+		want         []string
+	}{
+		{"both forms", "  token_file: /a\n  token_files: [/b]\n",
+			[]string{"exchanged.yaml:7: gitlab.token_files: use it or gitlab.token_file, not both"}},
+		{"empty list", "  token_files: []\n",
+			[]string{"exchanged.yaml:6: gitlab.token_files: empty; list the service-account token files"}},
+		{"listed twice", "  token_files:\n    - /a\n    - /b\n    - /a\n",
+			[]string{`exchanged.yaml:9: gitlab.token_files[2]: "/a" is listed twice (also gitlab.token_files[0], line 7)`}},
+		{"an empty entry", "  token_files: [/a, \"\"]\n",
+			[]string{"exchanged.yaml:6: gitlab.token_files[1]: empty"}},
+		{"not a list", "  token_files: /a\n",
+			[]string{`exchanged.yaml:6: gitlab.token_files: a list is expected, not "/a"`}},
+		{"initial file of one token", "  token_files: [/a]\n  initial_token_file: /seed\n",
+			[]string{"exchanged.yaml:7: gitlab.initial_token_file goes with gitlab.token_file; with gitlab.token_files write gitlab.initial_token_files"}},
+		{"initial files without the list", "  token_file: /a\n  initial_token_files: [/seed]\n",
+			[]string{"exchanged.yaml:7: gitlab.initial_token_files goes with gitlab.token_files"}},
+		{"initial files one short", "  token_files: [/a, /b]\n  initial_token_files: [/s]\n",
+			[]string{"exchanged.yaml:7: gitlab.initial_token_files: 1 file(s) for 2 in gitlab.token_files"}},
+		{"initial file is a token file", "  token_files: [/a, /b]\n  initial_token_files: [/s, /a]\n",
+			[]string{`exchanged.yaml:7: gitlab.initial_token_files[1]: "/a" is also gitlab.token_files[0]`}},
+		{"initial file without systemd", "  token_files: [/a]\n  initial_token_files: [\"${CREDENTIALS_DIRECTORY}/a\"]\n",
+			[]string{"exchanged.yaml:7: gitlab.initial_token_files[0]:", "$CREDENTIALS_DIRECTORY is not set"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if strings.Contains(tc.gitlab, "CREDENTIALS_DIRECTORY") {
+				t.Setenv("CREDENTIALS_DIRECTORY", "")
+			}
+			_, err := Parse([]byte(base+tc.gitlab), "exchanged.yaml")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("missing %q in:\n%v", w, err)
+				}
+			}
+		})
+	}
+	var ls []string
+	for i := range MaxTokenFiles + 1 {
+		ls = append(ls, fmt.Sprintf("/sa-%d", i))
+	}
+	if _, err := Parse([]byte(base+"  token_files: ["+strings.Join(ls, ", ")+"]\n"), "exchanged.yaml"); err == nil ||
+		!strings.Contains(err.Error(), "exchanged.yaml:6: gitlab.token_files: 17 files; at most 16") {
+		t.Errorf("17 token files: %v", err)
 	}
 }

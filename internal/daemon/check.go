@@ -45,7 +45,7 @@ func Check(ctx context.Context, cfgPath string, online bool, stdout, stderr io.W
 	for _, w := range pol.Warnings() {
 		fmt.Fprintln(stderr, w)
 	}
-	secret, err := cfg.ReadToken()
+	secrets, err := cfg.ReadTokens()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", cfg.File, err)
 		bad = true
@@ -67,42 +67,70 @@ func Check(ctx context.Context, cfgPath string, online bool, stdout, stderr io.W
 	if bad {
 		return 1
 	}
-	var tokenLine string
+	var tokenLines string
 	if online {
-		line, err := checkServiceToken(ctx, cfg, secret)
-		if err != nil {
-			fmt.Fprintf(stderr, "%s: %v\n", cfg.GitLab.TokenFile, err)
+		lines, ok := checkServiceTokens(ctx, cfg, secrets, stderr)
+		if !ok {
 			return 1
 		}
-		tokenLine = line
+		tokenLines = lines
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d listen address(es), store %s)\n%s: ok (%d rules: %s)\n",
 		cfg.File, len(cfg.Listen), cfg.Store.Driver, cfg.PolicyFile, len(pol.Rules()), strings.Join(pol.Rules(), ", "))
-	fmt.Fprint(stdout, tokenLine)
+	fmt.Fprint(stdout, tokenLines)
 	return 0
 }
 
-// checkServiceToken asks GitLab about the service token and returns the
-// summary line, or an error saying what is wrong with the token.
-func checkServiceToken(ctx context.Context, cfg *config.Config, secret string) (string, error) {
+// checkServiceTokens asks GitLab about each service token and returns their
+// summary lines; what is wrong with any goes to stderr, one line per token
+// file, and makes ok false. Tokens of one GitLab user are named on stderr
+// too (a warning): GitLab counts them against one rate limit.
+func checkServiceTokens(ctx context.Context, cfg *config.Config, secrets []string, stderr io.Writer) (string, bool) {
 	hc, err := gitlab.NewHTTPClient(cfg.GitLab.CAFile)
 	if err != nil {
-		return "", err
+		fmt.Fprintf(stderr, "%s: gitlab.ca_file: %v\n", cfg.File, err)
+		return "", false
 	}
-	gl, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, TokenSource: func() string { return secret }, HTTPClient: hc})
+	gl, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, Tokens: staticTokens(secrets), HTTPClient: hc})
 	if err != nil {
-		return "", err
+		fmt.Fprintf(stderr, "%s: %v\n", cfg.File, err)
+		return "", false
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	files := cfg.TokenFiles()
+	var b strings.Builder
+	ok := true
+	byUser := map[int64]string{}
+	for i, secret := range secrets {
+		info, line, err := checkServiceToken(ctx, cfg, gl.Account(i), secret)
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", files[i], err)
+			ok = false
+			continue
+		}
+		fmt.Fprintf(&b, "%s: %s\n", files[i], line)
+		if first, same := byUser[info.UserID]; same && info.UserID != 0 {
+			fmt.Fprintf(stderr, "%s: warning: this token and %s's belong to one GitLab user (id %d): GitLab counts their calls against one rate limit, so it adds no quota (use another service account's token)\n",
+				files[i], first, info.UserID)
+		} else {
+			byUser[info.UserID] = files[i]
+		}
+	}
+	return b.String(), ok
+}
+
+// checkServiceToken asks GitLab about one service token and returns what
+// GitLab said and the summary, or an error saying what is wrong with it.
+func checkServiceToken(ctx context.Context, cfg *config.Config, gl svctoken.GitLab, secret string) (svctoken.Info, string, error) {
 	info, problem, err := svctoken.Check(ctx, gl, secret)
 	switch {
 	case errors.Is(err, svctoken.ErrRevoked):
-		return "", fmt.Errorf("GitLab (%s) rejects the service token (401): it is invalid, expired or revoked; install a valid token (see the README: the service token's recovery)", cfg.GitLab.URL)
+		return info, "", fmt.Errorf("GitLab (%s) rejects the service token (401): it is invalid, expired or revoked; install a valid token (see the README: the service token's recovery)", cfg.GitLab.URL)
 	case err != nil:
-		return "", fmt.Errorf("could not ask GitLab (%s) about the service token: %v", cfg.GitLab.URL, err)
+		return info, "", fmt.Errorf("could not ask GitLab (%s) about the service token: %v", cfg.GitLab.URL, err)
 	case problem != "":
-		return "", errors.New(problem)
+		return info, "", errors.New(problem)
 	}
 	expiry := "never expires"
 	if days := svctoken.DaysLeft(info, time.Now()); days >= 0 {
@@ -111,8 +139,8 @@ func checkServiceToken(ctx context.Context, cfg *config.Config, secret string) (
 			expiry += " (rotate it soon, or let the daemon rotate it)"
 		}
 	}
-	return fmt.Sprintf("%s: ok (GitLab accepts token %q, id %d, scopes %s; %s)\n",
-		cfg.GitLab.TokenFile, info.Name, info.ID, strings.Join(info.Scopes, ","), expiry), nil
+	return info, fmt.Sprintf("ok (GitLab accepts token %q, id %d, user id %d, scopes %s; %s)",
+		info.Name, info.ID, info.UserID, strings.Join(info.Scopes, ","), expiry), nil
 }
 
 // Explain prints the policy's decision for the claims in claimsPath, or

@@ -92,7 +92,7 @@ func Credentials(ctx context.Context, args []string, stdout, stderr io.Writer) i
 // operatorReaper opens the ledger and a GitLab client with the service
 // token as the file has it now, for a command that runs once.
 func operatorReaper(ctx context.Context, cfg *config.Config, log *slog.Logger) (*exchange.Reaper, func(), error) {
-	tok, err := cfg.ReadToken()
+	toks, err := cfg.ReadTokens()
 	if err != nil {
 		return nil, nil, fmt.Errorf("service account token: %w", err)
 	}
@@ -100,7 +100,7 @@ func operatorReaper(ctx context.Context, cfg *config.Config, log *slog.Logger) (
 	if err != nil {
 		return nil, nil, fmt.Errorf("gitlab.ca_file: %w", err)
 	}
-	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, TokenSource: func() string { return tok }, HTTPClient: hc, Logger: log})
+	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, Tokens: staticTokens(toks), HTTPClient: hc, Logger: log})
 	if err != nil {
 		return nil, nil, fmt.Errorf("gitlab client: %w", err)
 	}
@@ -110,4 +110,14 @@ func operatorReaper(ctx context.Context, cfg *config.Config, log *slog.Logger) (
 	}
 	r := exchange.NewReaper(exchange.ReaperConfig{Interval: cfg.ReaperInterval.D(), Logger: log, Audit: log.With("log", "audit")}, store, minter, nil)
 	return r, func() { _ = store.Close() }, nil
+}
+
+// staticTokens are the tokens as their files hold them now, for a command
+// that runs once.
+func staticTokens(secrets []string) []gitlab.Token {
+	out := make([]gitlab.Token, len(secrets))
+	for i, s := range secrets {
+		out[i] = gitlab.Token{Secret: func() string { return s }}
+	}
+	return out
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,7 +45,7 @@ type Daemon struct {
 	sweeper  *exchange.Sweeper
 	jobs     *exchange.JobWatch
 	webhook  atomic.Pointer[string] // the webhook's secret, "" when none
-	keeper   *svctoken.Keeper
+	keepers  []*svctoken.Keeper     // one per service token, in the order of cfg.TokenFiles()
 	srv      *httpapi.Server
 	cancel   context.CancelFunc
 	ctx      context.Context
@@ -85,7 +86,7 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		return nil, step("policy", err)
 	}
 	logWarnings(log, d.policy.Current())
-	if _, err := cfg.ReadToken(); err != nil {
+	if _, err := cfg.ReadTokens(); err != nil {
 		return nil, step("service account token", err)
 	}
 	webhookSecret, err := cfg.ReadWebhookSecret()
@@ -107,14 +108,11 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	if d.store, err = OpenStore(d.ctx, cfg); err != nil {
 		return nil, step("ledger", err)
 	}
-	// One GitLab API budget for every call the daemon makes to GitLab.
-	budget := gitlab.NewBudget(cfg.GitLab.APIBudgetPerMinute, nil)
+	files := cfg.TokenFiles()
+	var minter *gitlab.Client // set below, before anything is served or scraped
 	m := metrics.New(metrics.Sources{
-		GitLabBudget: func() (int, int, uint64, uint64, uint64) {
-			st := budget.Stats()
-			return st.PerMinute, st.Remaining, st.Sent, st.Refused, st.Paused
-		},
-		LiveTokens: d.store.CountActive,
+		ServiceTokens: func() []metrics.ServiceToken { return d.serviceTokens(minter) },
+		LiveTokens:    d.store.CountActive,
 		Overdue: func(ctx context.Context) (int, error) {
 			// The promise: revoked by its TTL plus one reaper interval.
 			return d.store.CountOverdue(ctx, time.Now().Add(-overdueGrace(cfg)))
@@ -123,28 +121,41 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 		VerifyCache:   d.verifier.CacheStats,
 		PolicyRules:   func() int { return len(d.policy.Current().Rules()) },
 		PolicyReloads: d.policy.Reloads,
-		// The keeper is set below, before anything is served or scraped.
-		ServiceTokenExpiry: func() time.Time { return d.keeper.ExpiresAt() },
-		ServiceTokenAlert:  func() bool { return d.keeper.Alerting() },
 	})
-	// The service token in force comes from the keeper, which rotates it;
-	// the GitLab client reads it at each request.
-	minter, err := gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, TokenSource: func() string { return d.keeper.Token() },
-		HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse, Budget: budget})
+	// Each service token in force comes from its keeper, which rotates it;
+	// the GitLab client reads it at each request, and sends each call with
+	// the token in rotation that has the most calls left. Each token has a
+	// GitLab API budget of its own: GitLab counts its limit per user.
+	d.keepers = make([]*svctoken.Keeper, len(files))
+	tokens := make([]gitlab.Token, len(files))
+	for i := range files {
+		tokens[i] = gitlab.Token{
+			Secret: func() string { return d.keepers[i].Token() },
+			Usable: func() bool { return d.keepers[i].Problem() == "" },
+			Budget: gitlab.NewBudget(cfg.GitLab.APIBudgetPerMinute, nil),
+		}
+	}
+	minter, err = gitlab.New(gitlab.Config{BaseURL: cfg.GitLab.URL, Tokens: tokens,
+		// GitLab answered 401 to a call with token i: is it revoked?
+		OnRejected: func(i int) { d.keepers[i].Recheck() },
+		HTTPClient: hc, Logger: log, OnResponse: m.GitLabResponse})
 	if err != nil {
 		return nil, step("gitlab client", err)
 	}
-	if seed := cfg.GitLab.InitialTokenFile; seed != "" {
-		took, err := svctoken.TakeSeed(seed, cfg.GitLab.TokenFile)
-		if err != nil {
-			return nil, step("gitlab.initial_token_file", err)
+	seeds := cfg.InitialTokenFiles()
+	for i, file := range files {
+		if seeds[i] != "" {
+			took, err := svctoken.TakeSeed(seeds[i], file)
+			if err != nil {
+				return nil, step("gitlab.initial_token_file", err)
+			}
+			if took {
+				log.Info("service token taken from its initial token file", "from", seeds[i], "file", file)
+			}
 		}
-		if took {
-			log.Info("service token taken from gitlab.initial_token_file", "from", seed, "file", cfg.GitLab.TokenFile)
+		if d.keepers[i], err = newKeeper(cfg, file, minter.Account(i), d.store, log, m); err != nil {
+			return nil, step("service account token", err)
 		}
-	}
-	if d.keeper, err = newKeeper(cfg, minter, d.store, log, m); err != nil {
-		return nil, step("service account token", err)
 	}
 	audit := log.With("log", "audit")
 	keys, err := cfg.LoadLedgerKeys()
@@ -207,20 +218,39 @@ func Build(ctx context.Context, cfg *config.Config, version string, log *slog.Lo
 	return d, nil
 }
 
-// newKeeper builds the service token's keeper. Replicas on PostgreSQL
-// coordinate rotation through the store; an embedded store belongs to one
-// process, which needs no coordination.
-func newKeeper(cfg *config.Config, gl *gitlab.Client, store ledger.Store, log *slog.Logger, m *metrics.Metrics) (*svctoken.Keeper, error) {
+// newKeeper builds the keeper of the service token in file. Replicas on
+// PostgreSQL coordinate rotation through the store; an embedded store
+// belongs to one process, which needs no coordination. Each token rotates
+// by itself (the store's claims are per token).
+func newKeeper(cfg *config.Config, file string, gl svctoken.GitLab, store ledger.Store, log *slog.Logger, m *metrics.Metrics) (*svctoken.Keeper, error) {
 	var rs ledger.RotationStore
 	if cfg.Store.Driver == "postgres" {
 		rs, _ = store.(ledger.RotationStore)
 	}
 	r := cfg.GitLab.Rotation
 	return svctoken.New(svctoken.Config{
-		File: cfg.GitLab.TokenFile, GitLab: gl, Store: rs, Rotate: r.On(),
+		File: file, GitLab: gl, Store: rs, Rotate: r.On(),
 		Before: r.Before.D(), Lifetime: r.Lifetime.D(), ProbeAfter: r.ProbeAfter.D(),
-		Logger: log, OnEvent: m.ServiceTokenEvent,
+		Logger: log, OnEvent: func(event string) { m.ServiceTokenEvent(file, event) },
 	})
+}
+
+// serviceTokens is what /metrics shows of each service token.
+func (d *Daemon) serviceTokens(c *gitlab.Client) []metrics.ServiceToken {
+	if c == nil {
+		return nil
+	}
+	stats := c.TokenStats()
+	out := make([]metrics.ServiceToken, len(stats))
+	for i, st := range stats {
+		k := d.keepers[i]
+		b := st.Budget
+		out[i] = metrics.ServiceToken{File: k.File(), Fingerprint: st.Fingerprint, Usable: st.Usable,
+			ExpiresAt: k.ExpiresAt(), Alert: k.Alerting(),
+			BudgetPerMinute: b.PerMinute, BudgetRemaining: b.Remaining, GitLabRemaining: b.GitLabRemaining,
+			Sent: b.Sent, Refused: b.Refused, Paused: b.Paused}
+	}
+	return out
 }
 
 // jobRunning asks the daemon's job watch, which is built after the
@@ -249,10 +279,19 @@ func (d *Daemon) ready(ctx context.Context) error {
 	if err := d.store.Ping(ctx); err != nil {
 		return fmt.Errorf("ledger unreachable: %w", err)
 	}
-	if p := d.keeper.Problem(); p != "" {
-		return errors.New(p)
+	// Ready while one service token can mint: calls go with the tokens in
+	// rotation, and one out of rotation is the keeper's alert (its log line
+	// and gltoken_service_token_usable), not a reason to take a replica
+	// that still mints out of service.
+	var problems []string
+	for _, k := range d.keepers {
+		p := k.Problem()
+		if p == "" {
+			return nil
+		}
+		problems = append(problems, k.File()+": "+p)
 	}
-	return nil
+	return errors.New(strings.Join(problems, "; "))
 }
 
 // Run serves until ctx ends (then drains for up to 20 s), runs the reaper
@@ -268,11 +307,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(4 + len(d.keepers))
 	go func() { defer wg.Done(); d.reaper.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.jobs.Run(d.ctx) }()
 	go func() { defer wg.Done(); d.sweeper.Run(d.ctx) }()
-	go func() { defer wg.Done(); d.keeper.Start(d.ctx); d.keeper.Run(d.ctx) }()
+	for _, k := range d.keepers {
+		go func() { defer wg.Done(); k.Start(d.ctx); k.Run(d.ctx) }()
+	}
 	go func() { defer wg.Done(); d.onHangup(d.ctx, hup) }()
 
 	addrs := make([]string, 0, len(d.cfg.Listen))
@@ -304,7 +345,9 @@ func (d *Daemon) onHangup(ctx context.Context, hup <-chan os.Signal) {
 				d.log.Info("policy reloaded", "file", d.policy.File(), "rules", len(p.Rules()), "cached_credentials_dropped", dropped)
 				logWarnings(d.log, p)
 			}
-			_ = d.keeper.Reload(ctx) // a refused file is logged; the token in force stays
+			for _, k := range d.keepers {
+				_ = k.Reload(ctx) // a refused file is logged; the token in force stays
+			}
 			if d.cfg.GitLab.WebhookSecretFile != "" {
 				if s, err := d.cfg.ReadWebhookSecret(); err != nil {
 					d.log.Error("webhook secret reload refused; the secret in force stays", "error", err.Error())

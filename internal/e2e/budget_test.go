@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -43,9 +44,12 @@ func TestBudgetSpentServesCached(t *testing.T) {
 		t.Fatalf("serving a cached credential cost %d GitLab calls", n-before)
 	}
 	m := d.metrics(t)
-	for _, want := range []string{`gltoken_rate_limited_total{reason="gitlab_budget"}`, `gltoken_gitlab_budget_requests_total{outcome="budget_spent"}`,
-		`gltoken_gitlab_budget_per_minute 10`, `gltoken_gitlab_budget_remaining `} {
-		if !strings.Contains(m, want) {
+	tok := `\{token="sha256:[0-9a-f]{16}",token_file="[^"]+/gitlab-token"\}`
+	for _, want := range []string{`gltoken_rate_limited_total\{reason="gitlab_budget"\}`,
+		`gltoken_gitlab_budget_requests_total\{outcome="budget_spent",token="sha256:[0-9a-f]{16}",token_file="[^"]+"\} [1-9]`,
+		`gltoken_gitlab_budget_per_minute` + tok + ` 10$`, `gltoken_gitlab_budget_remaining` + tok + ` `,
+		`gltoken_gitlab_ratelimit_remaining` + tok + ` -1$`} {
+		if !regexp.MustCompile(`(?m)^` + want).MatchString(m) {
 			t.Fatalf("metrics lack %s:\n%s", want, grepLines(m, "gitlab"))
 		}
 	}

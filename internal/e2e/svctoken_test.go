@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -88,8 +89,10 @@ func TestServiceTokenRotatesItself(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`gltoken_service_token_rotations_total{outcome="rotated"} 1`, "gltoken_service_token_alert 0", "gltoken_service_token_expiry_timestamp_seconds"} {
-		if !strings.Contains(string(b), want) {
+	for _, want := range []string{`gltoken_service_token_rotations_total\{outcome="rotated",token_file="[^"]+/gitlab-token"\} 1`,
+		`gltoken_service_token_alert\{token="sha256:[0-9a-f]{16}",token_file="[^"]+"\} 0`, `gltoken_service_token_expiry_timestamp_seconds\{`,
+		`gltoken_service_token_usable\{token="sha256:[0-9a-f]{16}",token_file="[^"]+"\} 1`} {
+		if !regexp.MustCompile(`(?m)^` + want).Match(b) {
 			t.Errorf("metrics lack %s\n%s", want, grepLines(string(b), "gltoken_service"))
 		}
 	}
@@ -138,7 +141,7 @@ func TestRejectedServiceToken(t *testing.T) {
 		last = fmt.Sprintf("%d %s", resp.StatusCode, b)
 		// /readyz keeps the reason for the log (it answers anyone who asks).
 		return resp.StatusCode == http.StatusServiceUnavailable &&
-			strings.Contains(d.logs.String(), `"msg":"not ready","error":"GitLab rejects the service token`)
+			strings.Contains(d.logs.String(), `/gitlab-token: GitLab rejects the service token`)
 	})
 	assertNoSecrets(t, "daemon log", d.logs.String())
 }

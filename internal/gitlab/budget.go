@@ -18,9 +18,10 @@ import (
 // the rest (1,200) is shared by everything else.
 const DefaultBudgetPerMinute = 1500
 
-// Budget is the daemon's own allowance of GitLab API requests: every HTTP
-// attempt the Client makes (mint, revoke, lookups, family listings, sweeps,
-// job polls, self-token checks and rotation) takes one unit before it is sent.
+// Budget is the daemon's own allowance of GitLab API requests for one
+// service-account token: every HTTP attempt the Client makes with the token
+// (mint, revoke, lookups, family listings, sweeps, job polls, self-token
+// checks and rotation) takes one unit before it is sent.
 //
 // The allowance refills continuously at PerMinute per minute, up to PerMinute.
 // It is split in two so that neither kind of work can starve the other:
@@ -34,10 +35,15 @@ const DefaultBudgetPerMinute = 1500
 //     (thousands of credentials expiring together) slows down instead of
 //     eating the budget new mints need. The reaper retries what was refused.
 //
-// The budget also follows GitLab: an answer with RateLimit-Remaining: 0
-// pauses every call until RateLimit-Reset (unix seconds), or for the
-// Retry-After of a 429. A 429 that leaves RateLimit-Remaining above 0 is one
-// endpoint's own limit: that call gets its wait, the others go on.
+// The budget also follows GitLab's own limit, as far as GitLab tells it.
+// GitLab's authenticated API throttle (Rack::Attack, one bucket per user)
+// answers 429 with RateLimit-* headers and Retry-After; that holds every
+// call of the token until Retry-After. Other answers carry RateLimit-* only
+// on GitLab 18.6+ with rate_limiting_headers_for_unthrottled_requests (off
+// by default); when they do, RateLimit-Remaining caps the calls sent until
+// RateLimit-Reset, so the budget stops before GitLab would throttle. A 429
+// without Retry-After is one endpoint's own limit (GitLab's application rate
+// limits): that call gets its wait, the others go on.
 // A refused call is never sent: its error wraps exchange.ErrBudgetSpent and
 // exchange.ErrRateLimited, as an *exchange.RetryAfterError with the wait.
 type Budget struct {
@@ -49,6 +55,11 @@ type Budget struct {
 	revoke    float64 // units left in the revocations' reserve
 	last      time.Time
 	paused    time.Time // no call before this (GitLab said so)
+
+	// What GitLab last said is left in its window (RateLimit-Remaining),
+	// less the calls sent since, until the window ends (RateLimit-Reset).
+	gitlabLeft  int
+	gitlabReset time.Time // zero: GitLab has said nothing (or its window ended)
 
 	sent, refused, pausedN uint64
 }
@@ -78,6 +89,11 @@ type BudgetStats struct {
 	PerMinute int
 	// Remaining is what is left now (shared part plus the revocations' reserve).
 	Remaining int
+	// GitLabRemaining is GitLab's RateLimit-Remaining for the token's user,
+	// less the calls sent since, until its RateLimit-Reset; -1 when GitLab
+	// has not said (it sends the header only when it throttles, unless
+	// rate_limiting_headers_for_unthrottled_requests is on).
+	GitLabRemaining int
 	// Sent counts requests the budget let through; Refused those it kept
 	// back because it was spent; Paused those kept back because GitLab said
 	// its own limit was reached (RateLimit-Remaining: 0 or a 429).
@@ -88,8 +104,36 @@ type BudgetStats struct {
 func (b *Budget) Stats() BudgetStats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.refill(b.now())
-	return BudgetStats{PerMinute: int(b.perMinute), Remaining: int(b.shared + b.revoke), Sent: b.sent, Refused: b.refused, Paused: b.pausedN}
+	now := b.now()
+	b.refill(now)
+	gl := -1
+	if b.gitlabKnown(now) {
+		gl = b.gitlabLeft
+	}
+	return BudgetStats{PerMinute: int(b.perMinute), Remaining: int(b.shared + b.revoke), GitLabRemaining: gl,
+		Sent: b.sent, Refused: b.refused, Paused: b.pausedN}
+}
+
+// available is how many calls the token can make now, for choosing among
+// several tokens: the budget's units, no more than GitLab said is left, and
+// none while GitLab holds the token's calls.
+func (b *Budget) available() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if now.Before(b.paused) {
+		return 0
+	}
+	b.refill(now)
+	n := b.shared + b.revoke
+	if b.gitlabKnown(now) {
+		n = min(n, float64(b.gitlabLeft))
+	}
+	return max(n, 0)
+}
+
+func (b *Budget) gitlabKnown(now time.Time) bool {
+	return !b.gitlabReset.IsZero() && now.Before(b.gitlabReset)
 }
 
 func (b *Budget) refill(now time.Time) {
@@ -138,6 +182,11 @@ func (b *Budget) take(revoke bool) error {
 		b.pausedN++
 		return &budgetError{after: ceilSecond(b.paused.Sub(now)), gitlab: true}
 	}
+	if b.gitlabKnown(now) && b.gitlabLeft <= 0 {
+		// GitLab would answer 429 until its window ends.
+		b.pausedN++
+		return &budgetError{after: ceilSecond(b.gitlabReset.Sub(now)), gitlab: true}
+	}
 	b.refill(now)
 	sharedCap := b.perMinute - b.reserve
 	switch {
@@ -162,8 +211,16 @@ func (b *Budget) take(revoke bool) error {
 		return &budgetError{after: ceilSecond(wait)}
 	}
 	b.sent++
+	if b.gitlabKnown(now) {
+		b.gitlabLeft--
+	}
 	return nil
 }
+
+// maxGitLabPause bounds how long one answer of GitLab may hold a token's
+// calls (a RateLimit-Reset far ahead is a clock gone wrong; GitLab's
+// throttle periods are at most an hour by default).
+const maxGitLabPause = time.Hour
 
 // observe reads GitLab's RateLimit-* and Retry-After headers of an answer.
 func (b *Budget) observe(resp *http.Response) {
@@ -174,21 +231,35 @@ func (b *Budget) observe(resp *http.Response) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	left, err := strconv.Atoi(strings.TrimSpace(h.Get("RateLimit-Remaining")))
-	if err != nil || left != 0 {
-		// A 429 without RateLimit-Remaining: 0 is one endpoint's own limit
-		// (GitLab's application rate limits): it does not hold other calls.
-		return
-	}
-	until, ok := resetTime(h)
-	if resp.StatusCode == http.StatusTooManyRequests {
-		if v, err := strconv.Atoi(strings.TrimSpace(h.Get("Retry-After"))); err == nil && v >= 0 {
-			until, ok = now.Add(time.Duration(v)*time.Second), true
+	if left, err := strconv.Atoi(strings.TrimSpace(h.Get("RateLimit-Remaining"))); err == nil && left >= 0 {
+		if reset, ok := resetTime(h); ok && reset.After(now) {
+			reset = earliest(reset, now.Add(maxGitLabPause))
+			if b.gitlabKnown(now) && reset.Equal(b.gitlabReset) {
+				// The same window: calls sent since this one was answered
+				// are not in its count yet.
+				b.gitlabLeft = min(b.gitlabLeft, left)
+			} else {
+				b.gitlabLeft, b.gitlabReset = left, reset
+			}
 		}
 	}
-	if ok && until.After(now) {
-		b.paused = later(b.paused, until)
+	if resp.StatusCode != http.StatusTooManyRequests {
+		return
 	}
+	// GitLab's throttle answers 429 with Retry-After (and RateLimit-*): it
+	// holds every call of the token's user. GitLab's application rate
+	// limits answer 429 without either: one endpoint's own limit, which
+	// holds only that call.
+	if v, err := strconv.Atoi(strings.TrimSpace(h.Get("Retry-After"))); err == nil && v >= 0 {
+		b.paused = later(b.paused, earliest(now.Add(time.Duration(v)*time.Second), now.Add(maxGitLabPause)))
+	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // resetTime reads RateLimit-Reset, GitLab's unix time of the window's end.
@@ -212,18 +283,4 @@ func ceilSecond(d time.Duration) time.Duration {
 		return time.Second
 	}
 	return (d + time.Second - 1).Truncate(time.Second)
-}
-
-// transport is a client-go interceptor: it asks the budget before each
-// attempt and tells it GitLab's answer.
-func (b *Budget) transport(next http.RoundTripper) http.RoundTripper {
-	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		revoke := req.Method == http.MethodDelete || req.Context().Value(revocationKey{}) != nil
-		if err := b.take(revoke); err != nil {
-			return nil, err
-		}
-		resp, err := next.RoundTrip(req)
-		b.observe(resp)
-		return resp, err
-	})
 }

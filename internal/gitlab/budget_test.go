@@ -150,8 +150,9 @@ func TestBudgetCapsCalls(t *testing.T) {
 	}
 }
 
-// TestGitLabRemainingZeroPauses: once GitLab answers RateLimit-Remaining: 0,
-// no call is sent until its RateLimit-Reset; then calls go again.
+// TestGitLabRemainingZeroPauses: with GitLab 18.6's headers on unthrottled
+// answers, once GitLab answers RateLimit-Remaining: 0 no call is sent until
+// its RateLimit-Reset (GitLab would throttle it); then calls go again.
 func TestGitLabRemainingZeroPauses(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Now().UTC().Truncate(time.Minute).Add(10 * time.Second)
@@ -192,9 +193,10 @@ func TestGitLabRemainingZeroPauses(t *testing.T) {
 	}
 }
 
-// TestGitLab429Pauses: GitLab's throttle (429, RateLimit-Remaining: 0)
-// holds every call for its Retry-After; a 429 of one endpoint's own limit
-// (RateLimit-Remaining above 0) holds nothing else.
+// TestGitLab429Pauses: GitLab's throttle (429 with Retry-After and
+// RateLimit-*) holds every call of the token for its Retry-After; a 429 of
+// one endpoint's own limit (GitLab's application rate limits send neither
+// header) holds nothing else.
 func TestGitLab429Pauses(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Now().UTC().Truncate(time.Minute).Add(20 * time.Second)
@@ -202,14 +204,14 @@ func TestGitLab429Pauses(t *testing.T) {
 	s := gitlabfake.Start(t, gitlabfake.Options{Now: clock})
 	c := budgetClient(t, s, NewBudget(1000, clock), clock)
 	ctx := t.Context()
-	remove := s.InjectFault(gitlabfake.Fault{Method: http.MethodGet, PathPrefix: "/api/v4/projects/", Status: http.StatusTooManyRequests, RetryAfter: 30 * time.Second, Times: 1})
+	remove := s.InjectFault(gitlabfake.Fault{Method: http.MethodGet, PathPrefix: "/api/v4/projects/", Status: http.StatusTooManyRequests, Times: 1})
 	var ra *exchange.RetryAfterError
-	if _, err := c.ResolveOwner(ctx, ledger.ProjectDeployToken, "platform/lib"); !errors.As(err, &ra) || errors.Is(err, exchange.ErrBudgetSpent) || ra.After != 30*time.Second {
-		t.Fatalf("an endpoint's 429: %v", err)
+	if _, err := c.ResolveOwner(ctx, ledger.ProjectDeployToken, "platform/lib"); !errors.As(err, &ra) || errors.Is(err, exchange.ErrBudgetSpent) || ra.After != time.Minute {
+		t.Fatalf("an endpoint's 429: %v, want its own wait (a minute: GitLab names none)", err)
 	}
 	remove()
 	if _, err := c.ResolveOwner(ctx, ledger.ProjectDeployToken, "platform/lib"); err != nil {
-		t.Fatalf("after an endpoint's 429 with RateLimit-Remaining above 0: %v", err)
+		t.Fatalf("after an endpoint's 429 without Retry-After: %v", err)
 	}
 
 	s.SetRateLimit(2) // the two calls above spent it: the next is throttled
@@ -222,6 +224,18 @@ func TestGitLab429Pauses(t *testing.T) {
 	}
 	if len(s.Requests()) != n {
 		t.Fatal("a call reached GitLab during its Retry-After")
+	}
+	if st := b(c).Stats(); st.GitLabRemaining != 0 || st.Paused != 1 {
+		t.Fatalf("stats %+v, want GitLab's remaining 0 and 1 paused", st)
+	}
+	mu.Lock()
+	now = now.Add(40 * time.Second)
+	mu.Unlock()
+	if _, err := c.ResolveOwner(ctx, ledger.ProjectDeployToken, "platform/lib"); err != nil {
+		t.Fatalf("in GitLab's next window: %v", err)
+	}
+	if st := b(c).Stats(); st.GitLabRemaining != -1 {
+		t.Fatalf("stats %+v: GitLab said nothing of the new window (no headers on a 200 without the flag)", st)
 	}
 }
 

@@ -39,6 +39,14 @@ type Config struct {
 	// TokenSource, when set, is read at every request instead of Token: the
 	// service token in force, which self-rotation replaces (svctoken.Keeper.Token).
 	TokenSource func() string
+	// Tokens, when set, are several service-account tokens (gitlab.token_files),
+	// used by the calls each has left (see Token); Token, TokenSource and
+	// Budget are then not used.
+	Tokens []Token
+	// OnRejected, when set, hears of each answer 401 GitLab gave a call
+	// made with token i (its index in Tokens; 0 for Token): the token may
+	// have been revoked. It must not block.
+	OnRejected func(i int)
 	// HTTPClient carries timeouts and the CA pool. It is copied, never modified.
 	// Default: a client with a 30 s timeout.
 	HTTPClient *http.Client
@@ -53,9 +61,9 @@ type Config struct {
 	// Retries is how many times a GET or DELETE is retried after a 5xx or a
 	// connection error (default 2; negative: never). Creates are never retried.
 	Retries int
-	// Budget, when set, is the GitLab API budget every HTTP attempt takes a
-	// unit of (shared by the Clients given the same Budget). Default: a
-	// budget of DefaultBudgetPerMinute of the Client's own.
+	// Budget, when set, is the GitLab API budget every HTTP attempt with
+	// Token takes a unit of (shared by the Clients given the same Budget).
+	// Default: a budget of DefaultBudgetPerMinute of the Client's own.
 	Budget *Budget
 
 	// RetryWait is the first backoff of those retries, doubled each time and
@@ -76,13 +84,13 @@ type Client struct {
 	log        *slog.Logger
 	onResponse func(method, route string, status int)
 	notFound   notFoundCache
-	budget     *Budget
+	router     *tokenRouter
 }
 
 var _ exchange.Minter = (*Client)(nil)
 
-// Budget is the GitLab API budget the Client spends.
-func (c *Client) Budget() *Budget { return c.budget }
+// Budget is the GitLab API budget of the Client's first token.
+func (c *Client) Budget() *Budget { return c.router.tokens[0].Budget }
 
 // New builds a Client. It does not contact GitLab (see Ping).
 func New(cfg Config) (*Client, error) {
@@ -92,20 +100,35 @@ func New(cfg Config) (*Client, error) {
 	if !strings.HasPrefix(cfg.BaseURL, "https://") && !strings.HasPrefix(cfg.BaseURL, "http://") {
 		return nil, fmt.Errorf("gitlab: base URL %q must start with https:// or http://", cfg.BaseURL)
 	}
-	if cfg.TokenSource == nil && strings.TrimSpace(cfg.Token) == "" {
-		return nil, errors.New("gitlab: service token is empty")
+	tokens := cfg.Tokens
+	if len(tokens) == 0 {
+		if cfg.TokenSource == nil && strings.TrimSpace(cfg.Token) == "" {
+			return nil, errors.New("gitlab: service token is empty")
+		}
+		src := cfg.TokenSource
+		if src == nil {
+			tok := cfg.Token
+			src = func() string { return tok }
+		}
+		tokens = []Token{{Secret: src, Budget: cfg.Budget}}
 	}
 	c := &Client{
 		now:        cfg.Now,
 		log:        cfg.Logger,
 		onResponse: cfg.OnResponse,
-		budget:     cfg.Budget,
 	}
 	if c.now == nil {
 		c.now = time.Now
 	}
-	if c.budget == nil {
-		c.budget = NewBudget(0, c.now)
+	c.router = &tokenRouter{tokens: make([]Token, len(tokens)), onRejected: cfg.OnRejected}
+	for i, t := range tokens {
+		if t.Secret == nil {
+			return nil, fmt.Errorf("gitlab: token %d has no secret", i)
+		}
+		if t.Budget == nil {
+			t.Budget = NewBudget(0, c.now)
+		}
+		c.router.tokens[i] = t
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -139,10 +162,9 @@ func New(cfg Config) (*Client, error) {
 		wait = 250 * time.Millisecond
 	}
 
-	var auth gl.AuthSource = gl.AccessTokenAuthSource{Token: cfg.Token}
-	if cfg.TokenSource != nil {
-		auth = tokenSource(cfg.TokenSource)
-	}
+	// The router sets the token of each request; the auth source only
+	// keeps client-go from refusing to build one without.
+	auth := tokenSource(c.router.tokens[0].Secret)
 	client, err := gl.NewAuthSourceClient(auth,
 		gl.WithBaseURL(cfg.BaseURL),
 		gl.WithHTTPClient(&hc),
@@ -156,8 +178,9 @@ func New(cfg Config) (*Client, error) {
 		// wait (RetryAfterError). Setting a limiter also keeps client-go from
 		// swapping its limiter under concurrent requests.
 		gl.WithCustomLimiter(rate.NewLimiter(rate.Inf, 0)),
-		// The budget is outermost: a call it keeps back is not a GitLab answer.
-		gl.WithInterceptor(c.budget.transport),
+		// The router (each token's budget) is outermost: a call it keeps
+		// back is not a GitLab answer.
+		gl.WithInterceptor(c.router.transport),
 		gl.WithInterceptor(c.observe),
 	)
 	if err != nil {

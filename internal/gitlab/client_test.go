@@ -590,6 +590,9 @@ func TestErrorMappingOnReadsAndRevokes(t *testing.T) {
 		t.Fatalf("429 on GET retried: %d requests", n)
 	}
 	remove()
+	// GitLab's throttle holds the token's calls for its Retry-After, and
+	// the clock stands still: go on with another client.
+	c = st.client(t)
 	st.s.InjectFault(gitlabfake.Fault{Status: 503})
 	if err := c.Revoke(ctx, exchange.TokenRef{Kind: ledger.GroupDeployToken, Owner: gid, GitLabID: 5}); !errors.Is(err, exchange.ErrUnavailable) {
 		t.Fatalf("revoke on 503: %v, want ErrUnavailable", err)

@@ -36,10 +36,16 @@ func (f tokenSource) Header(context.Context) (string, string, error) {
 }
 
 // SelfToken asks GitLab about the token secret itself (GET
-// /personal_access_tokens/self), whatever the token in force is. A revoked or
+// /personal_access_tokens/self), whatever the token in force is, on the
+// budget of the Client's token that holds secret (else its first; see
+// Account for a Keeper's). A revoked or
 // expired token answers an error wrapping ErrTokenInvalid. Never a rotate path,
 // so a revoked token presented here does not trigger GitLab's reuse detection.
 func (c *Client) SelfToken(ctx context.Context, secret string) (svctoken.Info, error) {
+	return c.selfToken(withToken(ctx, c.router.indexOf(secret)), secret)
+}
+
+func (c *Client) selfToken(ctx context.Context, secret string) (svctoken.Info, error) {
 	opts := append(reqOpts(ctx, http.MethodGet, routePATSelf), gl.WithToken(gl.PrivateToken, secret))
 	tok, resp, err := c.gl.PersonalAccessTokens.GetSinglePersonalAccessToken(opts...)
 	if err != nil {
@@ -60,6 +66,10 @@ func (c *Client) SelfToken(ctx context.Context, secret string) (svctoken.Info, e
 // MUST NOT present secret to a rotate path again before it has made sure the
 // token is still active (a revoked token there revokes the whole family).
 func (c *Client) RotateSelf(ctx context.Context, secret string, expiresAt time.Time) (string, svctoken.Info, error) {
+	return c.rotateSelf(withToken(ctx, c.router.indexOf(secret)), secret, expiresAt)
+}
+
+func (c *Client) rotateSelf(ctx context.Context, secret string, expiresAt time.Time) (string, svctoken.Info, error) {
 	date := gl.ISOTime(time.Date(expiresAt.UTC().Year(), expiresAt.UTC().Month(), expiresAt.UTC().Day(), 0, 0, 0, 0, time.UTC))
 	opts := append(reqOpts(ctx, http.MethodPost, routePATSelfRotate), gl.WithToken(gl.PrivateToken, secret))
 	tok, resp, err := c.gl.PersonalAccessTokens.RotatePersonalAccessTokenSelf(

@@ -287,20 +287,21 @@ func TestStandinErrorMapping(t *testing.T) {
 		t.Errorf("group deploy token by a Developer: %v, want ErrForbidden", err)
 	}
 
-	remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, Status: 429, RetryAfter: 7 * time.Second})
-	_, err := st.c.Mint(ctx, req(lib.ID, ledger.ProjectDeployToken))
-	remove()
-	var ra *exchange.RetryAfterError
-	if !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 7*time.Second {
-		t.Errorf("429: %v, want RetryAfterError{7s}", err)
-	}
-
 	bad := newTestClient(t, st.s.URL(), "glpat-not-a-token", st.now)
 	if err := bad.Ping(ctx); !errors.Is(err, ErrTokenInvalid) {
 		t.Errorf("Ping with a bad token: %v, want ErrTokenInvalid", err)
 	}
 	if err := st.c.Ping(ctx); err != nil {
 		t.Errorf("Ping: %v", err)
+	}
+
+	// Last: a 429 with Retry-After holds the client's calls for 7 s.
+	remove := st.s.InjectFault(gitlabfake.Fault{Method: http.MethodPost, Status: 429, RetryAfter: 7 * time.Second})
+	_, err := st.c.Mint(ctx, req(lib.ID, ledger.ProjectDeployToken))
+	remove()
+	var ra *exchange.RetryAfterError
+	if !errors.As(err, &ra) || !errors.Is(err, exchange.ErrRateLimited) || ra.After != 7*time.Second {
+		t.Errorf("429: %v, want RetryAfterError{7s}", err)
 	}
 }
 

@@ -51,15 +51,30 @@ type Sources struct {
 
 	CountTTL time.Duration    // default DefaultCountTTL
 	Now      func() time.Time // default time.Now
-	// ServiceTokenExpiry is the service token's expiry (zero: unknown or never).
-	ServiceTokenExpiry func() time.Time
-	// GitLabBudget reports the GitLab API budget: its size per minute, what
-	// is left, and the calls it sent, refused (spent) and held back because
-	// GitLab said its own limit was reached.
-	GitLabBudget func() (perMinute, remaining int, sent, refused, paused uint64)
-	// ServiceTokenAlert reports an alert on the service token (a lost
-	// rotation answer, a token GitLab rejects, a token not on disk).
-	ServiceTokenAlert func() bool
+	// ServiceTokens reports each service token (gitlab.token_file, or each
+	// of gitlab.token_files): its GitLab API budget and its state.
+	ServiceTokens func() []ServiceToken
+}
+
+// ServiceToken is what /metrics shows of one service token. Its series are
+// labelled by the token's file (token_file) and the fingerprint of the token
+// in force (token, "sha256:" and 16 hex digits; it changes when the token
+// rotates), never by the secret.
+type ServiceToken struct {
+	File, Fingerprint string
+	// Usable: in rotation (GitLab has not rejected it, it has the api scope).
+	Usable bool
+	// ExpiresAt is its expiry (zero: unknown or never); Alert, whether it
+	// needs an operator (a lost rotation answer, GitLab rejects it, a
+	// rotated token not on disk).
+	ExpiresAt time.Time
+	Alert     bool
+	// Its GitLab API budget: size a minute, what is left, and GitLab's own
+	// RateLimit-Remaining for the token's user (-1: GitLab has not said).
+	BudgetPerMinute, BudgetRemaining, GitLabRemaining int
+	// Calls the budget sent, refused (spent), and held back because GitLab
+	// said its limit was reached.
+	Sent, Refused, Paused uint64
 }
 
 // DefaultCountTTL is how long a ledger count is reused by scrapes.
@@ -89,8 +104,8 @@ func New(src Sources) *Metrics {
 	}, []string{"reason"})
 	m.rotations = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_service_token_rotations_total",
-		Help: "Service token self-rotation events: rotated, adopted (from another replica), refused, lost (alert), revoked (alert), not_writable, persist_failed, not_rotated, publish_failed.",
-	}, []string{"outcome"})
+		Help: "Service token self-rotation events by token file: rotated, adopted (from another replica), refused, lost (alert), revoked (alert), not_writable, persist_failed, not_rotated, publish_failed.",
+	}, []string{"token_file", "outcome"})
 	m.reg.MustRegister(m.exchanges, m.latency, m.mints, m.revocations, m.gitlabCalls, m.limited, m.rotations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.LiveTokens != nil {
@@ -147,49 +162,8 @@ func New(src Sources) *Metrics {
 			Name: "gltoken_policy_reload_failures_total", Help: "Policy reloads refused (the old policy stays in force).",
 		}, func() float64 { _, failed := src.PolicyReloads(); return float64(failed) }))
 	}
-	if src.ServiceTokenExpiry != nil {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "gltoken_service_token_expiry_timestamp_seconds", Help: "When the service token expires (unix seconds; 0: unknown or never).",
-		}, func() float64 {
-			if t := src.ServiceTokenExpiry(); !t.IsZero() {
-				return float64(t.Unix())
-			}
-			return 0
-		}))
-	}
-	if src.GitLabBudget != nil {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "gltoken_gitlab_budget_per_minute", Help: "The daemon's GitLab API budget: calls per minute (gitlab.api_budget_per_minute).",
-		}, func() float64 { n, _, _, _, _ := src.GitLabBudget(); return float64(n) }))
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "gltoken_gitlab_budget_remaining", Help: "GitLab API calls the budget has left now (it refills continuously).",
-		}, func() float64 { _, n, _, _, _ := src.GitLabBudget(); return float64(n) }))
-		for _, o := range []string{"sent", "budget_spent", "gitlab_limited"} {
-			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-				Name: "gltoken_gitlab_budget_requests_total", ConstLabels: prometheus.Labels{"outcome": o},
-				Help: "GitLab API calls by the budget's decision: sent, budget_spent (kept back: the budget is spent), gitlab_limited (kept back: GitLab answered RateLimit-Remaining 0 or 429).",
-			}, func() float64 {
-				_, _, sent, refused, paused := src.GitLabBudget()
-				switch o {
-				case "sent":
-					return float64(sent)
-				case "budget_spent":
-					return float64(refused)
-				}
-				return float64(paused)
-			}))
-		}
-	}
-	if src.ServiceTokenAlert != nil {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "gltoken_service_token_alert",
-			Help: "1 when the service token needs an operator: a rotation's answer was lost, GitLab rejects the token, or a rotated token is not on disk (see the README's recovery steps).",
-		}, func() float64 {
-			if src.ServiceTokenAlert() {
-				return 1
-			}
-			return 0
-		}))
+	if src.ServiceTokens != nil {
+		m.reg.MustRegister(serviceTokens(src.ServiceTokens))
 	}
 	return m
 }
@@ -231,8 +205,67 @@ func (c *cachedCount) get() float64 {
 	return v.(float64)
 }
 
-// ServiceTokenEvent counts one service token rotation event (svctoken.Event*).
-func (m *Metrics) ServiceTokenEvent(outcome string) { m.rotations.WithLabelValues(outcome).Inc() }
+// ServiceTokenEvent counts one rotation event (svctoken.Event*) of the
+// service token in file.
+func (m *Metrics) ServiceTokenEvent(file, outcome string) {
+	m.rotations.WithLabelValues(file, outcome).Inc()
+}
+
+// serviceTokens collects the per-token series at scrape time: their labels
+// (the fingerprint of the token in force) change when a token rotates.
+type serviceTokens func() []ServiceToken
+
+var (
+	tokenLabels    = []string{"token_file", "token"}
+	descBudgetSize = prometheus.NewDesc("gltoken_gitlab_budget_per_minute",
+		"The daemon's GitLab API budget of each service token: calls per minute (gitlab.api_budget_per_minute).", tokenLabels, nil)
+	descBudgetLeft = prometheus.NewDesc("gltoken_gitlab_budget_remaining",
+		"GitLab API calls the token's budget has left now (it refills continuously).", tokenLabels, nil)
+	descGitLabLeft = prometheus.NewDesc("gltoken_gitlab_ratelimit_remaining",
+		"GitLab's RateLimit-Remaining for the token's user, less the calls sent since, until its RateLimit-Reset; -1 when GitLab has not said (it sends it only when it throttles, unless rate_limiting_headers_for_unthrottled_requests is on).", tokenLabels, nil)
+	descBudgetCalls = prometheus.NewDesc("gltoken_gitlab_budget_requests_total",
+		"GitLab API calls by the token's budget's decision: sent, budget_spent (kept back: the budget is spent), gitlab_limited (kept back: GitLab answered RateLimit-Remaining 0 or 429).", append(tokenLabels, "outcome"), nil)
+	descUsable = prometheus.NewDesc("gltoken_service_token_usable",
+		"1 while the service token is in rotation; 0 when GitLab rejects it (revoked, expired) or it lacks the api scope, so no call goes with it.", tokenLabels, nil)
+	descExpiry = prometheus.NewDesc("gltoken_service_token_expiry_timestamp_seconds",
+		"When the service token expires (unix seconds; 0: unknown or never).", tokenLabels, nil)
+	descAlert = prometheus.NewDesc("gltoken_service_token_alert",
+		"1 when the service token needs an operator: a rotation's answer was lost, GitLab rejects the token, or a rotated token is not on disk (see the README's recovery steps).", tokenLabels, nil)
+)
+
+func (serviceTokens) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBudgetSize, descBudgetLeft, descGitLabLeft, descBudgetCalls, descUsable, descExpiry, descAlert} {
+		ch <- d
+	}
+}
+
+func (f serviceTokens) Collect(ch chan<- prometheus.Metric) {
+	b2f := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	for _, t := range f() {
+		l := []string{t.File, t.Fingerprint}
+		ch <- prometheus.MustNewConstMetric(descBudgetSize, prometheus.GaugeValue, float64(t.BudgetPerMinute), l...)
+		ch <- prometheus.MustNewConstMetric(descBudgetLeft, prometheus.GaugeValue, float64(t.BudgetRemaining), l...)
+		ch <- prometheus.MustNewConstMetric(descGitLabLeft, prometheus.GaugeValue, float64(t.GitLabRemaining), l...)
+		for _, c := range []struct {
+			outcome string
+			n       uint64
+		}{{"sent", t.Sent}, {"budget_spent", t.Refused}, {"gitlab_limited", t.Paused}} {
+			ch <- prometheus.MustNewConstMetric(descBudgetCalls, prometheus.CounterValue, float64(c.n), append(l, c.outcome)...)
+		}
+		ch <- prometheus.MustNewConstMetric(descUsable, prometheus.GaugeValue, b2f(t.Usable), l...)
+		exp := 0.0
+		if !t.ExpiresAt.IsZero() {
+			exp = float64(t.ExpiresAt.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(descExpiry, prometheus.GaugeValue, exp, l...)
+		ch <- prometheus.MustNewConstMetric(descAlert, prometheus.GaugeValue, b2f(t.Alert), l...)
+	}
+}
 
 // Handler serves the registry in Prometheus' text format.
 func (m *Metrics) Handler() http.Handler {

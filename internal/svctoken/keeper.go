@@ -126,21 +126,26 @@ type Keeper struct {
 
 	mu sync.Mutex // serialises Start, Tick and Reload; guards the rest
 	// info about the token in force, when known
-	info      Info
-	infoKnown bool
-	infoAt    time.Time // last attempt to learn it
-	state     state
-	reason    string    // why the state is not OK (no secret)
-	lostAt    time.Time // when the answer was lost
-	lostOld   string    // the token whose rotation's answer was lost
-	retryAt   time.Time // no rotation attempt before this (after a refusal)
+	info       Info
+	infoKnown  bool
+	infoAt     time.Time // last attempt to learn it
+	state      state
+	reason     string    // why the state is not OK (no secret)
+	lostAt     time.Time // when the answer was lost
+	lostOld    string    // the token whose rotation's answer was lost
+	retryAt    time.Time // no rotation attempt before this (after a refusal)
+	recheckDue bool      // a Recheck came too soon after the last check: Tick checks
 	// publish, when set, is a completed rotation not yet in the store.
 	publish *publication
 
 	expiry  atomic.Int64 // unix seconds of info.ExpiresAt (0: unknown or never)
 	alert   atomic.Bool
 	problem atomic.Pointer[string] // why the token cannot mint (Problem)
+	recheck chan struct{}          // Recheck's wake-up of Run
 }
+
+// RecheckEvery bounds how often Recheck asks GitLab about the token.
+const RecheckEvery = 10 * time.Second
 
 type publication struct{ old, next string }
 
@@ -171,7 +176,7 @@ func New(cfg Config) (*Keeper, error) {
 		_, _ = rand.Read(b[:])
 		cfg.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 	}
-	k := &Keeper{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	k := &Keeper{cfg: cfg, log: cfg.Logger, now: cfg.Now, recheck: make(chan struct{}, 1)}
 	if k.log == nil {
 		k.log = slog.New(slog.DiscardHandler)
 	}
@@ -270,18 +275,60 @@ func (k *Keeper) Start(ctx context.Context) {
 	}
 }
 
-// Run calls Tick every Interval until ctx ends.
+// Run calls Tick every Interval, and asks GitLab about the token after each
+// Recheck, until ctx ends.
 func (k *Keeper) Run(ctx context.Context) {
 	t := time.NewTicker(k.cfg.Interval)
 	defer t.Stop()
+	later := time.NewTimer(0)
+	<-later.C
+	defer later.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			k.Tick(ctx)
+		case <-k.recheck:
+			if wait := k.CheckNow(ctx); wait > 0 {
+				later.Reset(wait)
+			}
+		case <-later.C:
+			k.CheckNow(ctx)
 		}
 	}
+}
+
+// Recheck asks Run to check the token at GitLab again soon: GitLab answered
+// a call made with it 401, so it may have been revoked (by an administrator,
+// or expired). It does not block. A token GitLab rejects is then the
+// Keeper's Problem (out of rotation, for a daemon with several tokens) until
+// a valid one is installed and reloaded.
+func (k *Keeper) Recheck() {
+	select {
+	case k.recheck <- struct{}{}:
+	default:
+	}
+}
+
+// CheckNow asks GitLab about the token in force now (GET
+// /personal_access_tokens/self), unless a rotation's answer is being settled
+// (the probe after a lost answer decides that case). Within RecheckEvery of
+// the last question it asks nothing and returns how long to wait; the
+// check is not forgotten (Tick makes it once that time has passed).
+func (k *Keeper) CheckNow(ctx context.Context) time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.state == stateLost {
+		return 0
+	}
+	if since := k.now().Sub(k.infoAt); since < RecheckEvery {
+		k.recheckDue = true
+		return RecheckEvery - since
+	}
+	k.recheckDue = false
+	k.learnLocked(ctx)
+	return 0
 }
 
 // Tick does what is due: write an unpersisted token, publish a rotation,
@@ -303,7 +350,10 @@ func (k *Keeper) Tick(ctx context.Context) {
 	if k.state == stateLost && !now.Before(k.lostAt.Add(k.cfg.ProbeAfter)) {
 		k.probeLostLocked(ctx)
 	}
-	if !k.infoKnown && now.Sub(k.infoAt) >= time.Minute {
+	switch {
+	case !k.infoKnown && now.Sub(k.infoAt) >= time.Minute,
+		k.recheckDue && k.state != stateLost && now.Sub(k.infoAt) >= RecheckEvery:
+		k.recheckDue = false
 		k.learnLocked(ctx)
 	}
 	if k.dueLocked(now) {

@@ -396,3 +396,51 @@ func testTwoReplicasRotateOnce(t *testing.T, f *fixture, a, b ledger.RotationSto
 		t.Fatalf("rotate calls: %d, want 1", n)
 	}
 }
+
+// TestCheckNowFindsARevokedToken: after GitLab answered a call 401 the
+// daemon asks its keeper to check the token (Recheck, run as CheckNow): a
+// token revoked meanwhile becomes the keeper's Problem (out of rotation)
+// and raises the alert; checks come at most every RecheckEvery, and a new
+// token installed and reloaded clears it.
+func TestCheckNowFindsARevokedToken(t *testing.T) {
+	f := newFixture(t, 30*24*time.Hour)
+	file := f.tokenFile(t, "token", f.token)
+	ev := &events{}
+	k := f.keeper(t, file, nil, ev, nil)
+	k.Start(t.Context())
+	if p := k.Problem(); p != "" || k.Alerting() {
+		t.Fatalf("a valid token: problem %q, alert %v", p, k.Alerting())
+	}
+	selfCalls := func() int {
+		n := 0
+		for _, r := range f.gl.Requests() {
+			if r.Path == "/api/v4/personal_access_tokens/self" {
+				n++
+			}
+		}
+		return n
+	}
+	st, _ := f.gl.TokenByName("gltoken")
+	f.gl.RevokeToken(gitlabfake.KindPersonal, st.ID)
+	before := selfCalls()
+	k.CheckNow(t.Context()) // within RecheckEvery of Start's check: not yet
+	if selfCalls() != before || k.Problem() != "" {
+		t.Fatalf("a check within %s of the last asked GitLab (%d calls) or found %q", svctoken.RecheckEvery, selfCalls()-before, k.Problem())
+	}
+	f.clock.Add(svctoken.RecheckEvery)
+	k.Tick(t.Context()) // the check put off comes at the next tick
+	if selfCalls() != before+1 || !strings.Contains(k.Problem(), "rejects") || !k.Alerting() || !ev.has(svctoken.EventRevoked) {
+		t.Fatalf("after the check: %d calls, problem %q, alert %v, events %v", selfCalls()-before, k.Problem(), k.Alerting(), ev.list)
+	}
+	// The operator installs a new token and reloads.
+	next := f.gl.CreatePersonalAccessToken(f.bot, "gltoken-2", []string{"api"}, nil)
+	if err := os.WriteFile(file, []byte(next+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Reload(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if p := k.Problem(); p != "" || k.Alerting() {
+		t.Fatalf("after a new token: problem %q, alert %v", p, k.Alerting())
+	}
+}
