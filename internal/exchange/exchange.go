@@ -316,6 +316,17 @@ func (s *Service) fromShared(ctx context.Context, reuse, key string, tok *idtoke
 	if !ok {
 		return nil, false
 	}
+	if s.cfg.SharedStore && IsPoolSlot(c.ledgerID) {
+		// Another replica may have rotated the slot since (a client's
+		// revocation, the reaper): its record stays Active, and only its
+		// secret tells.
+		if rec, err := s.store.Get(ctx, c.ledgerID); err != nil || rec.State != ledger.Active || rec.SecretSHA256 != fingerprint.Of(c.cred.Secret) {
+			if err == nil {
+				s.cache.forgetLedgerID(c.ledgerID)
+			}
+			return nil, false
+		}
+	}
 	h := ledger.Holder{LedgerID: c.ledgerID, JobID: tok.Claims["job_id"], ProjectID: JobProject(tok.Claims),
 		PipelineID: tok.Claims["pipeline_id"], TokenExpiresAt: tok.Expiry, HeldSince: now}
 	if err := s.store.AddHolder(ctx, h); err != nil {

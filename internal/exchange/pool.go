@@ -73,15 +73,18 @@ func IsPoolSlot(id string) bool { return ledger.IsSlotID(id) }
 type Pool struct {
 	store ledger.Store
 	slots ledger.SlotStore
-	m     Minter
-	rot   Rotator
-	cache *Cache
-	size  int
-	idle  time.Duration
-	now   func() time.Time
-	log   *slog.Logger
-	audit *slog.Logger
-	obs   Observer
+	// locker, on a store replicas share, serialises each pool's decisions
+	// across them; within the process, locks does.
+	locker ledger.SlotLocker
+	m      Minter
+	rot    Rotator
+	cache  *Cache
+	size   int
+	idle   time.Duration
+	now    func() time.Time
+	log    *slog.Logger
+	audit  *slog.Logger
+	obs    Observer
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex // by pool hash: one rotation of a pool at a time in this process
@@ -95,6 +98,7 @@ func newPool(cfg Config, store ledger.Store, m Minter, cache *Cache) *Pool {
 	}
 	p := &Pool{store: store, slots: ss, m: m, rot: rot, cache: cache, size: cfg.PoolSlots, idle: cfg.PoolIdle,
 		now: cfg.Now, log: cfg.Logger, audit: cfg.Audit, obs: cfg.Observer, locks: map[string]*sync.Mutex{}}
+	p.locker, _ = store.(ledger.SlotLocker)
 	if p.size == 0 {
 		p.size = DefaultPoolSlots
 	}
@@ -136,7 +140,12 @@ func hashOf(id string) string {
 	return s
 }
 
-func (p *Pool) lock(hash string) func() {
+// lock takes pool hash's lock: one decision about its slots at a time in
+// this process and, on a store replicas share, across them (a slot rotated
+// by two replicas at once, or a free slot counted by both, is what the pool
+// must never see). The process's own lock comes first, so a replica holds
+// at most one database lock per pool.
+func (p *Pool) lock(ctx context.Context, hash string) (func(), error) {
 	p.mu.Lock()
 	l, ok := p.locks[hash]
 	if !ok {
@@ -145,7 +154,15 @@ func (p *Pool) lock(hash string) func() {
 	}
 	p.mu.Unlock()
 	l.Lock()
-	return l.Unlock
+	if p.locker == nil {
+		return l.Unlock, nil
+	}
+	unlock, err := p.locker.LockSlots(ctx, hash)
+	if err != nil {
+		l.Unlock()
+		return nil, err
+	}
+	return func() { unlock(); l.Unlock() }, nil
 }
 
 func (p *Pool) idleUntil() time.Time { return p.now().Add(p.idle).Truncate(time.Second) }
@@ -156,7 +173,11 @@ func (p *Pool) idleUntil() time.Time { return p.now().Add(p.idle).Truncate(time.
 // a new slot's record. It returns the slot's ledger id.
 func (p *Pool) acquire(ctx context.Context, req MintRequest, base ledger.Record, lease time.Duration) (string, Credential, error) {
 	hash := poolHash(req)
-	defer p.lock(hash)()
+	unlock, err := p.lock(ctx, hash)
+	if err != nil {
+		return "", Credential{}, &Error{Code: CodeUnavailable, Description: "the ledger is unavailable; nothing was minted", RetryAfter: 5 * time.Second, detail: err.Error()}
+	}
+	defer unlock()
 	var (
 		live []ledger.Record
 		free = -1
@@ -303,7 +324,11 @@ const (
 // reconciliation does not settle it, the slot's family is revoked (no
 // secret outlives its TTL); only if that fails too is an error returned.
 func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (string, error) {
-	defer p.lock(hashOf(rec.ID))()
+	unlock, err := p.lock(ctx, hashOf(rec.ID))
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
 	cur, err := p.store.Get(ctx, rec.ID)
 	if err != nil {
 		return "", err

@@ -31,3 +31,16 @@ type SlotStore interface {
 	// ErrNotFound when there is none.
 	Rotated(ctx context.Context, id string, fromGitLabID, toGitLabID int64, secretSHA256 string, expiresAt time.Time) error
 }
+
+// SlotLocker is implemented by the stores several processes share
+// (PostgreSQL): LockSlots holds a lock on the slots of one pool, named by
+// key, across every process on the database until unlock is called (or the
+// process or its connection dies), so that one replica at a time decides
+// about a pool's slots: hands an idle one out, creates a new one, rotates
+// one at its TTL. Without it two replicas could rotate one slot at once
+// (one rotation wins, the other's job gets nothing) or both count a free
+// slot and create it. Locks of different keys do not exclude each other.
+// An error (ctx ended, the database unreachable) leaves nothing locked.
+type SlotLocker interface {
+	LockSlots(ctx context.Context, key string) (unlock func(), err error)
+}

@@ -6,7 +6,9 @@
 // migrated under a transaction-scoped advisory lock, so replicas starting
 // together do not race; ClaimDue locks the rows it takes with FOR UPDATE SKIP
 // LOCKED, so two reapers never take the same record within a lease; and each
-// state transition is one conditional UPDATE.
+// state transition is one conditional UPDATE. LockSlots holds a session
+// advisory lock per access-token pool, so one replica at a time decides
+// about a pool's slots.
 package postgres
 
 import (
@@ -31,6 +33,9 @@ const schemaLockKey int64 = 0x676c746f6b656e01
 // Store is a ledger.Store on PostgreSQL.
 type Store struct {
 	pool *pgxpool.Pool
+
+	locksMu sync.Mutex
+	locks   *pgxpool.Pool // connections holding pool-slot locks (LockSlots), opened on first use
 
 	closeOnce sync.Once
 }
@@ -169,7 +174,14 @@ func (s *Store) migrate(ctx context.Context) error {
 
 // Close closes the connection pool. It is safe to call more than once.
 func (s *Store) Close() error {
-	s.closeOnce.Do(s.pool.Close)
+	s.closeOnce.Do(func() {
+		s.locksMu.Lock()
+		if s.locks != nil {
+			s.locks.Close()
+		}
+		s.locksMu.Unlock()
+		s.pool.Close()
+	})
 	return nil
 }
 

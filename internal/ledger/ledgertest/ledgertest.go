@@ -106,6 +106,7 @@ func RunShared(t *testing.T, openPair func(t *testing.T) (ledger.Store, ledger.S
 		{"ConcurrentCreateSameID", testConcurrentCreateSameID},
 		{"ConcurrentActivateAbandon", testConcurrentActivateAbandon},
 		{"ConcurrentHoldRelease", testConcurrentHoldRelease},
+		{"SlotLocks", testSlotLocks},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,8 +1,11 @@
 package ledgertest
 
 import (
+	"context"
 	"errors"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,5 +88,74 @@ func testRotated(t *testing.T, s ledger.Store) {
 	}
 	if err := ss.Rotated(ctx, "slot", 12, 13, "", next); !errors.Is(err, ledger.ErrConflict) {
 		t.Errorf("Rotated on a revoked record = %v, want ErrConflict", err)
+	}
+}
+
+// testSlotLocks checks ledger.SlotLocker, for the stores that implement it
+// (those several processes share): one pool's lock is held by one instance
+// at a time across instances, other pools' locks do not wait for it, and a
+// lock not taken (the context ended) leaves nothing held.
+func testSlotLocks(t *testing.T, a, b ledger.Store) {
+	la, okA := a.(ledger.SlotLocker)
+	lb, okB := b.(ledger.SlotLocker)
+	if !okA || !okB {
+		t.Logf("%T is not a ledger.SlotLocker: one process owns it", a)
+		return
+	}
+	ctx := ctxFor(t)
+	mustCreate(t, a, NewRecord("probe", t0, t0))
+	var inside, most atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 16 {
+		l, s := la, b
+		if i%2 == 1 {
+			l, s = lb, a
+		}
+		wg.Go(func() {
+			unlock, err := l.LockSlots(ctx, "pool-x")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			n := inside.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			// Real work on the other instance while holding it.
+			if _, err := s.Get(ctx, "probe"); err != nil {
+				t.Error(err)
+			}
+			inside.Add(-1)
+			unlock()
+		})
+	}
+	wg.Wait()
+	if m := most.Load(); m != 1 {
+		t.Fatalf("%d holders of one pool's lock at once, want 1", m)
+	}
+
+	// Another pool's lock does not wait for a held one (else this hangs).
+	unlockX, err := la.LockSlots(ctx, "pool-x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlockY, err := lb.LockSlots(ctx, "pool-y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlockY()
+	// Waiting with a context that ends takes nothing.
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := lb.LockSlots(done, "pool-x"); err == nil {
+		t.Fatal("LockSlots with an ended context took the lock another instance holds")
+	}
+	unlockX()
+	unlock, err := lb.LockSlots(ctx, "pool-x")
+	if err != nil {
+		t.Fatalf("after the holder let go: %v", err)
+	}
+	unlock()
+	if _, err := la.LockSlots(ctx, ""); err == nil {
+		t.Error("LockSlots accepted an empty key")
 	}
 }
