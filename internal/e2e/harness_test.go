@@ -6,8 +6,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
@@ -165,6 +167,12 @@ type daemonOpts struct {
 	listen string
 	caFile string
 	env    []string // more environment for the exchanged process
+	// tokens, when set, are the service tokens of gitlab.token_files
+	// (files sa-1, sa-2, …); default gitlab.token_file with the world's bot's.
+	tokens []string
+	// ledgerKey adds store.key_file: the world's ledger key (the same for
+	// every daemon of the world), so shared credentials are sealed into the ledger.
+	ledgerKey bool
 }
 
 // startDaemon writes a configuration in w.dir and starts exchanged on it.
@@ -183,7 +191,27 @@ func (w *world) startDaemon(t testing.TB, o daemonOpts) *daemon {
 		o.store = "{driver: sqlite, dsn: state.db}"
 	}
 	writeFile(t, filepath.Join(w.dir, "policy.yaml"), o.policy, 0o600)
-	writeFile(t, filepath.Join(w.dir, "gitlab-token"), w.botToken+"\n", 0o600)
+	tokenLine := "token_file: gitlab-token"
+	if len(o.tokens) == 0 {
+		writeFile(t, filepath.Join(w.dir, "gitlab-token"), w.botToken+"\n", 0o600)
+	} else {
+		var names []string
+		for i, tok := range o.tokens {
+			name := fmt.Sprintf("sa-%d", i+1)
+			writeFile(t, filepath.Join(w.dir, name), tok+"\n", 0o600)
+			names = append(names, name)
+		}
+		tokenLine = "token_files: [" + strings.Join(names, ", ") + "]"
+	}
+	if o.ledgerKey {
+		key := filepath.Join(w.dir, "ledger.key")
+		if _, err := os.Stat(key); err != nil {
+			var k [32]byte
+			_, _ = rand.Read(k[:])
+			writeFile(t, key, "k1 "+base64.StdEncoding.EncodeToString(k[:])+"\n", 0o600)
+		}
+		o.store = strings.TrimSuffix(strings.TrimSpace(o.store), "}") + ", key_file: ledger.key}"
+	}
 	d := &daemon{t: t, cfgPath: filepath.Join(w.dir, o.name+".yaml"), dbPath: filepath.Join(w.dir, "state.db"), caFile: o.caFile, env: o.env}
 	listen := o.listen
 	if listen == "" {
@@ -204,7 +232,7 @@ func (w *world) startDaemon(t testing.TB, o daemonOpts) *daemon {
 	cfg := fmt.Sprintf(`listen: [%q]
 gitlab:
   url: %s
-  token_file: gitlab-token
+  %s
   registry_url: %q
 %saudience: %s
 policy_file: policy.yaml
@@ -212,7 +240,7 @@ store: %s
 max_ttl: 12h
 reaper_interval: %s
 log_level: debug
-%s`, listen, w.gl.URL(), o.registryURL, o.gitlab, audience, o.store, o.reaperInterval, o.extra)
+%s`, listen, w.gl.URL(), tokenLine, o.registryURL, o.gitlab, audience, o.store, o.reaperInterval, o.extra)
 	writeFile(t, d.cfgPath, cfg, 0o600)
 	d.start()
 	t.Cleanup(d.stop)
