@@ -64,6 +64,9 @@ func TestOverdueGaugeAndAlertRules(t *testing.T) {
 	m := New(Sources{
 		LiveTokens: func(context.Context) (int, error) { return 1, nil },
 		Overdue:    func(context.Context) (int, error) { return 3, nil },
+		ServiceTokens: func() []ServiceToken {
+			return []ServiceToken{{File: "/var/lib/gltoken/sa-1", Fingerprint: "sha256:0123456789abcdef"}}
+		},
 	})
 	m.Revoked("project_access_token", "unconfirmed")
 	m.Revoked("project_access_token", "escaped")
@@ -106,5 +109,42 @@ func TestOverdueGaugeAndAlertRules(t *testing.T) {
 	}
 	if n < 3 {
 		t.Fatalf("%d alert rules, want the overdue, unconfirmed and escaped ones", n)
+	}
+}
+
+// TestServiceTokenSeries: each service token's series carry its file and
+// the fingerprint of the token in force, never more; rotation events are
+// counted per file.
+func TestServiceTokenSeries(t *testing.T) {
+	exp := time.Date(2027, 1, 2, 0, 0, 0, 0, time.UTC)
+	m := New(Sources{ServiceTokens: func() []ServiceToken {
+		return []ServiceToken{
+			{File: "/s/sa-1", Fingerprint: "sha256:aaaaaaaaaaaaaaaa", Usable: true, ExpiresAt: exp,
+				BudgetPerMinute: 1500, BudgetRemaining: 1400, GitLabRemaining: -1, Sent: 100, Refused: 2, Paused: 1},
+			{File: "/s/sa-2", Fingerprint: "sha256:bbbbbbbbbbbbbbbb", Alert: true, BudgetPerMinute: 1500, BudgetRemaining: 1500, GitLabRemaining: 0},
+		}
+	}})
+	m.ServiceTokenEvent("/s/sa-1", "rotated")
+	w := httptest.NewRecorder()
+	m.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body := w.Body.String()
+	for _, want := range []string{
+		`gltoken_gitlab_budget_per_minute{token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 1500`,
+		`gltoken_gitlab_budget_remaining{token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 1400`,
+		`gltoken_gitlab_ratelimit_remaining{token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} -1`,
+		`gltoken_gitlab_ratelimit_remaining{token="sha256:bbbbbbbbbbbbbbbb",token_file="/s/sa-2"} 0`,
+		`gltoken_gitlab_budget_requests_total{outcome="sent",token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 100`,
+		`gltoken_gitlab_budget_requests_total{outcome="budget_spent",token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 2`,
+		`gltoken_gitlab_budget_requests_total{outcome="gitlab_limited",token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 1`,
+		`gltoken_service_token_usable{token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 1`,
+		`gltoken_service_token_usable{token="sha256:bbbbbbbbbbbbbbbb",token_file="/s/sa-2"} 0`,
+		`gltoken_service_token_alert{token="sha256:bbbbbbbbbbbbbbbb",token_file="/s/sa-2"} 1`,
+		`gltoken_service_token_expiry_timestamp_seconds{token="sha256:aaaaaaaaaaaaaaaa",token_file="/s/sa-1"} 1.798848e+09`,
+		`gltoken_service_token_expiry_timestamp_seconds{token="sha256:bbbbbbbbbbbbbbbb",token_file="/s/sa-2"} 0`,
+		`gltoken_service_token_rotations_total{outcome="rotated",token_file="/s/sa-1"} 1`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
