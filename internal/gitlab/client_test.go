@@ -515,11 +515,12 @@ func TestErrorMapping(t *testing.T) {
 		{name: "422", fault: gitlabfake.Fault{Status: 422}, want: exchange.ErrRejected},
 		{name: "429 Retry-After", fault: gitlabfake.Fault{Status: 429, RetryAfter: 17 * time.Second},
 			want: exchange.ErrRateLimited, retryAfter: 17 * time.Second},
-		// An application rate limit answers without Retry-After: the wait
-		// is RateLimit-Reset's, the end of the stand-in's minute (02:31:00).
-		{name: "429 RateLimit-Reset", fault: gitlabfake.Fault{Status: 429,
+		// An application rate limit answers without Retry-After and
+		// without RateLimit-* (GitLab's header middleware leaves every 429
+		// alone): the wait is a minute, GitLab's rate-limit period.
+		{name: "429 application rate limit", fault: gitlabfake.Fault{Status: 429,
 			Message: map[string]string{"error": "This endpoint has been requested too many times. Try again later."}},
-			want: exchange.ErrRateLimited, retryAfter: 45 * time.Second},
+			want: exchange.ErrRateLimited, retryAfter: time.Minute},
 	}
 	st := newFixedStandin(t)
 	pid := st.project("p/q")

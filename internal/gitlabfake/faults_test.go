@@ -59,6 +59,10 @@ func TestFaults(t *testing.T) {
 		}
 	})
 	t.Run("GitLab's message", func(t *testing.T) {
+		// With GitLab 18.6's rate_limiting_headers_for_unthrottled_requests
+		// every answer but a 429 carries the throttle's RateLimit-*.
+		f.s.SetRateLimitHeaders(true)
+		defer f.s.SetRateLimitHeaders(false)
 		for _, tt := range []struct {
 			name    string
 			fault   Fault
@@ -86,8 +90,8 @@ func TestFaults(t *testing.T) {
 						t.Errorf("%s = %q, want %q", k, got, v)
 					}
 				}
-				if r.header.Get("RateLimit-Reset") == "" {
-					t.Error("RateLimit-* headers missing")
+				if got := r.header.Get("RateLimit-Reset"); (got == "") != (tt.fault.Status == http.StatusTooManyRequests) {
+					t.Errorf("RateLimit-Reset = %q on a %d: want it on every answer but a 429", got, tt.fault.Status)
 				}
 			})
 		}
