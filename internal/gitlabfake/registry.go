@@ -53,6 +53,28 @@ func (s *Server) initRegistryKey() error {
 	return nil
 }
 
+// registryProjectLocked is ContainerRegistry::Path#repository_project: an image path (lower
+// case) of 2 to 19 segments belongs to the project whose full path is one of its three longest
+// prefixes of two segments or more (LEVELS_SUPPORTED: an image at most two levels below the
+// project, "group/project/a/b"), found ignoring case and without redirects
+// (Project.where_full_path_in). Two of those cannot both be projects: a project has no
+// subgroups.
+func (s *Server) registryProjectLocked(path string) *Project {
+	segs := strings.Split(path, "/")
+	if len(segs) < 2 || len(segs) >= 20 || slices.Contains(segs, "") {
+		return nil
+	}
+	for n := len(segs); n >= 2 && n > len(segs)-3; n-- {
+		cand := strings.Join(segs[:n], "/")
+		for full, p := range s.projectsByPath {
+			if strings.EqualFold(full, cand) {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
 // LibtrustKeyID is the key id format of docker/libtrust and GitLab's JSONWebToken::RSAToken:
 // base32 of the first 240 bits of the SHA-256 of the DER (PKIX) public key, in 12 groups of 4
 // joined by ':'.
@@ -162,30 +184,19 @@ func (s *Server) handleRegistryAuth(w http.ResponseWriter, r *http.Request, _ pa
 }
 
 // registryScopeLocked grants the subset of requested actions the actor may perform on the
-// repository named in scope "repository:PATH:ACTIONS". Image paths below a project
-// ("group/proj/image") belong to the project with the longest matching path.
+// repository named in scope "repository:PATH:ACTIONS", as
+// Auth::ContainerRegistryAuthenticationService#process_repository_access does.
 func (s *Server) registryScopeLocked(a *gitActor, scope string) *registryAccess {
 	parts := strings.Split(scope, ":")
 	if len(parts) < 3 {
 		return nil
 	}
 	typ, actions := parts[0], strings.Split(parts[len(parts)-1], ",")
-	name := strings.Join(parts[1:len(parts)-1], ":")
-	if typ != "repository" && typ != "repository(plugin)" {
+	name := strings.ToLower(strings.Join(parts[1:len(parts)-1], ":"))
+	if typ != "repository" {
 		return nil // registry:catalog:* is for administrators of the registry, not modelled
 	}
-	var project *Project
-	for cand := name; cand != "." && cand != ""; {
-		if p := s.projectsByPath[cand]; p != nil {
-			project = p
-			break
-		}
-		i := strings.LastIndex(cand, "/")
-		if i < 0 {
-			break
-		}
-		cand = cand[:i]
-	}
+	project := s.registryProjectLocked(name)
 	if project == nil {
 		return nil
 	}
@@ -217,6 +228,6 @@ func (s *Server) registryScopeLocked(a *gitActor, scope string) *registryAccess 
 	}
 	return &registryAccess{
 		Type: "repository", Name: name, Actions: granted,
-		Meta: map[string]any{"project_path": project.PathWithNamespace, "project_id": project.ID, "root_namespace_id": rootID},
+		Meta: map[string]any{"project_path": strings.ToLower(project.PathWithNamespace), "project_id": project.ID, "root_namespace_id": rootID},
 	}
 }
