@@ -42,7 +42,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	cfgPath := fs.String("config", "/etc/gltoken/exchanged.yaml", "")
 	claims := fs.String("claims", "", "")
 	idToken := fs.String("id-token", "", "")
-	resource := fs.String("resource", "", "")
+	resources := fs.StringArray("resource", nil, "")
 	scope := fs.String("scope", "", "")
 	online := fs.Bool("online", false, "")
 	projectPolicy := fs.String("project-policy", "", "")
@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return daemon.Check(ctx, *cfgPath, *online, stdout, stderr)
 	case "explain":
 		scopes := strings.FieldsFunc(*scope, func(r rune) bool { return r == ',' || r == ' ' })
-		return daemon.Explain(*cfgPath, *claims, *idToken, *resource, scopes, stdin, stdout, stderr)
+		return daemon.Explain(*cfgPath, *claims, *idToken, *resources, scopes, stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "exchanged", version)
 		return 0

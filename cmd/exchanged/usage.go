@@ -59,7 +59,10 @@ OPTIONS
     --claims FILE      explain: the ID token's claims as JSON ("-" for stdin).
     --id-token FILE    explain: a raw ID token (the JWT, "-" for stdin), decoded
                        WITHOUT verification (and labelled so) instead of --claims.
-    --resource URL     explain: e.g. https://gitlab.example.com/platform/lib.git
+    --resource URL     explain: e.g. https://gitlab.example.com/platform/lib.git;
+                       repeat it with registry repositories (https://REGISTRY/PROJECT)
+                       to ask whether one credential serves them all, as a
+                       registry login with GLTOKEN_REGISTRY_PROJECTS does.
     --scope SCOPES     explain: comma- or space-separated, e.g. read_repository
     --project-policy FILE
                        check: validate this policy file on its own.

@@ -285,14 +285,24 @@ func (c *Client) Daemon() string { return c.daemon }
 // Exchange trades idToken for a credential for resource (the repository or
 // registry repository URL) with scopes.
 func (c *Client) Exchange(ctx context.Context, idToken, resource string, scopes []string) (*Token, error) {
+	return c.ExchangeFor(ctx, idToken, []string{resource}, scopes)
+}
+
+// ExchangeFor trades idToken for one credential valid at every resource
+// (one resource parameter each, RFC 8693 section 2.1): a registry login for
+// the repositories of several projects.
+func (c *Client) ExchangeFor(ctx context.Context, idToken string, resources, scopes []string) (*Token, error) {
 	if idToken == "" {
 		return nil, errors.New("exchange: empty ID token")
+	}
+	if len(resources) == 0 {
+		return nil, errors.New("exchange: no resource")
 	}
 	form := url.Values{
 		"grant_type":         {GrantTypeTokenExchange},
 		"subject_token":      {idToken},
 		"subject_token_type": {TokenTypeJWT},
-		"resource":           {resource},
+		"resource":           resources,
 	}
 	if len(scopes) > 0 {
 		form.Set("scope", strings.Join(scopes, " "))

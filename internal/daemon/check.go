@@ -145,10 +145,11 @@ func checkServiceToken(ctx context.Context, cfg *config.Config, gl svctoken.GitL
 
 // Explain prints the policy's decision for the claims in claimsPath, or
 // those of the raw ID token in idTokenPath (decoded, never verified), ("-":
-// stdin), a resource URL and scopes, and returns the exit code (0 allowed,
-// 1 denied or failed, 2 usage).
-func Explain(cfgPath, claimsPath, idTokenPath, resource string, scopes []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if (claimsPath == "") == (idTokenPath == "") || resource == "" || len(scopes) == 0 {
+// stdin), resource URLs (several: registry repositories for one credential)
+// and scopes, and returns the exit code (0 allowed, 1 denied or failed, 2
+// usage).
+func Explain(cfgPath, claimsPath, idTokenPath string, resources []string, scopes []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if (claimsPath == "") == (idTokenPath == "") || len(resources) == 0 || len(scopes) == 0 {
 		fmt.Fprintln(stderr, "exchanged explain: --resource, --scope and one of --claims or --id-token are required (see exchanged --help)")
 		return 2
 	}
@@ -199,7 +200,7 @@ func Explain(cfgPath, claimsPath, idTokenPath, resource string, scopes []string,
 		}
 	}
 	out, allowed, err := exchange.Explain(exchange.Config{GitLabURL: cfg.GitLab.URL, RegistryURL: cfg.GitLab.RegistryURL, MaxTTL: cfg.MaxTTL.D()},
-		pol, claims, resource, scopes)
+		pol, claims, resources, scopes)
 	if err != nil {
 		fmt.Fprintf(stderr, "exchanged explain: %v\n", err)
 		return 1

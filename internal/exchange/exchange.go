@@ -149,9 +149,11 @@ func (s *Service) Cache() *Cache { return s.cache }
 type Request struct {
 	RequestID    string
 	SubjectToken string
-	Resource     string
-	Scopes       []string
-	Peer         string // who asked: "uid=1000 pid=42" on a Unix socket, the address on TCP
+	// Resources are the repository URLs the credential is for: one, or
+	// (registry logins) several, for one credential valid at every one.
+	Resources []string
+	Scopes    []string
+	Peer      string // who asked: "uid=1000 pid=42" on a Unix socket, the address on TCP
 }
 
 // Issued is the credential handed to the client.
@@ -175,7 +177,7 @@ type Issued struct {
 // minted. Errors are *Error values carrying the RFC 6749 code.
 func (s *Service) Exchange(ctx context.Context, req Request) (*Issued, error) {
 	start := s.cfg.Now()
-	ev := auditEvent{RequestID: req.RequestID, Resource: redactResource(req.Resource), Scopes: req.Scopes, Peer: req.Peer}
+	ev := auditEvent{RequestID: req.RequestID, Resource: redactResources(req.Resources), Scopes: req.Scopes, Peer: req.Peer}
 	granted, err := s.exchange(ctx, req, &ev)
 	ev.Duration = s.cfg.Now().Sub(start)
 	outcome := "granted"
@@ -199,12 +201,12 @@ func (s *Service) Exchange(ctx context.Context, req Request) (*Issued, error) {
 }
 
 func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*Issued, error) {
-	target, err := s.origins.parse(req.Resource)
+	targets, err := s.origins.parseAll(req.Resources)
 	if err != nil {
 		return nil, err
 	}
-	ev.Target = target.project
-	scopes, err := checkScopes(req.Scopes, target.registry)
+	ev.Target = projects(targets)
+	scopes, err := checkScopes(req.Scopes, targets[0].registry)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +221,7 @@ func (s *Service) exchange(ctx context.Context, req Request, ev *auditEvent) (*I
 	}
 	ev.fromToken(tok)
 
-	p, dec, err := decide(s.policy(), s.cfg.MaxTTL, tok.Claims, target, scopes)
+	p, dec, err := decideAll(s.policy(), s.cfg.MaxTTL, tok.Claims, targets, scopes)
 	ev.Rule, ev.Shadow = dec.Rule, shadowVerdicts(dec.Shadow)
 	if err != nil {
 		return nil, err

@@ -212,7 +212,7 @@ func newFixtureWith(t *testing.T, policyText string, audit *slog.Logger) *fixtur
 }
 
 func (f *fixture) exchange(tok, resource string, scopes ...string) (*Issued, error) {
-	return f.svc.Exchange(context.Background(), Request{RequestID: "r1", SubjectToken: tok, Resource: resource, Scopes: scopes})
+	return f.svc.Exchange(context.Background(), Request{RequestID: "r1", SubjectToken: tok, Resources: []string{resource}, Scopes: scopes})
 }
 
 func TestExchangeDecisions(t *testing.T) {
@@ -534,7 +534,7 @@ func TestExplain(t *testing.T) {
 	}
 	cfg := Config{GitLabURL: "https://gitlab.example.com", MaxTTL: 12 * time.Hour}
 	claims := map[string]string{"project_path": "platform/app", "ref": "feature", "ref_protected": "false"}
-	out, allowed, err := Explain(cfg, pol, claims, "https://gitlab.example.com/platform/lib.git", []string{"read_repository"})
+	out, allowed, err := Explain(cfg, pol, claims, []string{"https://gitlab.example.com/platform/lib.git"}, []string{"read_repository"})
 	if err != nil || allowed {
 		t.Fatalf("allowed=%v err=%v\n%s", allowed, err, out)
 	}
@@ -542,7 +542,7 @@ func TestExplain(t *testing.T) {
 		t.Fatalf("trace does not name the failed check:\n%s", out)
 	}
 	claims["ref_protected"] = "true"
-	out, allowed, _ = Explain(cfg, pol, claims, "https://gitlab.example.com/platform/lib.git", []string{"read_repository"})
+	out, allowed, _ = Explain(cfg, pol, claims, []string{"https://gitlab.example.com/platform/lib.git"}, []string{"read_repository"})
 	if !allowed || !strings.Contains(out, "project_deploy_token") {
 		t.Fatalf("allowed=%v\n%s", allowed, out)
 	}
@@ -570,7 +570,7 @@ func TestExplainAndExchangeAgree(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.scope, func(t *testing.T) {
-			out, allowed, err := Explain(cfg, pol, claims, tt.resource, []string{tt.scope})
+			out, allowed, err := Explain(cfg, pol, claims, []string{tt.resource}, []string{tt.scope})
 			if err != nil || !allowed {
 				t.Fatalf("explain: allowed=%v err=%v\n%s", allowed, err, out)
 			}

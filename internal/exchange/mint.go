@@ -6,6 +6,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"gltoken.dev/gltoken/internal/fingerprint"
@@ -43,7 +44,7 @@ func (s *Service) mint(ctx context.Context, key, reuse string, mreq MintRequest,
 	now := s.cfg.Now()
 	rec := ledger.Record{
 		ID: id, State: ledger.Pending, Kind: mreq.Kind, Owner: ownerID, OwnerPath: mreq.OwnerPath,
-		Scopes: mreq.Scopes, Resource: req.Resource, Rule: rule.name,
+		Scopes: mreq.Scopes, Resource: strings.Join(req.Resources, " "), Rule: rule.name,
 		Subject: tok.Subject, ProjectID: JobProject(tok.Claims), PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID,
 		// With the ID token's exp, the intent records the job as the

@@ -376,7 +376,7 @@ func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (strin
 func (s *Service) poolMint(ctx context.Context, key, reuse string, mreq MintRequest, req Request, tok *idtoken.Token, rule ruleID) (*Issued, error) {
 	// With the ID token's exp, a new slot's intent records the job as its
 	// first holder; a hand-out of an existing slot records it below.
-	base := ledger.Record{Resource: req.Resource, Rule: rule.name,
+	base := ledger.Record{Resource: strings.Join(req.Resources, " "), Rule: rule.name,
 		Subject: tok.Subject, ProjectID: JobProject(tok.Claims), PipelineID: tok.Claims["pipeline_id"],
 		JobID: tok.Claims["job_id"], TokenJTI: tok.ID, TokenExpiresAt: tok.Expiry}
 	id, cred, err := s.pool.acquire(ctx, mreq, base, s.cfg.MintLease)

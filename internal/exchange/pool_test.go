@@ -85,7 +85,7 @@ func newPoolFixtureWith(t *testing.T, f *lifeFixture, policyText string) *poolFi
 
 func (p *poolFixture) push(job int) (*exchange.Issued, error) {
 	return p.svc.Exchange(context.Background(), exchange.Request{RequestID: "r", SubjectToken: "job-" + strconv.Itoa(job),
-		Resource: p.gl.URL() + "/platform/deploy.git", Scopes: []string{"write_repository"}})
+		Resources: []string{p.gl.URL() + "/platform/deploy.git"}, Scopes: []string{"write_repository"}})
 }
 
 func (p *poolFixture) reap(t *testing.T) {

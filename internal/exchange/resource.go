@@ -3,6 +3,7 @@ package exchange
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 
 	"gltoken.dev/gltoken/internal/gitlabpath"
@@ -99,6 +100,38 @@ func (o origins) parse(raw string) (target, error) {
 	return target{project: p, registry: registry}, nil
 }
 
+// MaxResources bounds the resources of one request.
+const MaxResources = 20
+
+// parseAll parses the resources of one request. Several resources ask for one
+// credential valid at each of them (RFC 8693, section 2.1): that is for
+// registry logins only, which name a registry host and never the image. A
+// git request names its one repository. Repeated targets count once.
+func (o origins) parseAll(raws []string) ([]target, error) {
+	switch {
+	case len(raws) == 0:
+		_, err := o.parse("")
+		return nil, err
+	case len(raws) > MaxResources:
+		return nil, &Error{Code: CodeInvalidRequest, Description: fmt.Sprintf("at most %d resources in one request", MaxResources)}
+	}
+	var out []target
+	for _, raw := range raws {
+		t, err := o.parse(raw)
+		if err != nil {
+			return nil, err
+		}
+		if len(raws) > 1 && !t.registry {
+			return nil, &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf(
+				"several resources in one request are for registry logins only (%s is a git repository): ask for one repository at a time", redactResource(raw))}
+		}
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
 func sameOrigin(u, base *url.URL) bool {
 	return strings.EqualFold(u.Scheme, base.Scheme) && strings.EqualFold(hostPort(u), hostPort(base))
 }
@@ -126,4 +159,23 @@ func redactResource(raw string) string {
 	}
 	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
 	return truncate(u.String(), 300)
+}
+
+// redactResources is redactResource of each resource, separated by spaces
+// (a redacted URL holds none).
+func redactResources(raws []string) string {
+	out := make([]string, 0, min(len(raws), MaxResources))
+	for _, raw := range raws[:min(len(raws), MaxResources)] {
+		out = append(out, redactResource(raw))
+	}
+	return strings.Join(out, " ")
+}
+
+// projects lists the targets' project paths, separated by spaces.
+func projects(ts []target) string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.project
+	}
+	return strings.Join(out, " ")
 }

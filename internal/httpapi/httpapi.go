@@ -247,7 +247,7 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 	granted, err := a.Service.Exchange(r.Context(), exchange.Request{
 		RequestID:    requestID(r),
 		SubjectToken: form.Get("subject_token"),
-		Resource:     form.Get("resource"),
+		Resources:    form["resource"],
 		Scopes:       scopes,
 		Peer:         peer,
 	})
@@ -366,6 +366,14 @@ func readForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 		return nil, invalidRequest("malformed form body")
 	}
 	for k, v := range r.PostForm {
+		// resource may repeat (RFC 8693, section 2.1): one credential for
+		// several registry repositories.
+		if k == "resource" && len(v) <= exchange.MaxResources {
+			continue
+		}
+		if k == "resource" {
+			return nil, invalidRequest("at most %d resource parameters", exchange.MaxResources)
+		}
 		if len(v) > 1 {
 			return nil, invalidRequest("parameter %q given more than once", truncate(k, 40))
 		}

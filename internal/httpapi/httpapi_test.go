@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,8 +96,32 @@ func TestTokenSuccess(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
 	}
-	if svc.got.Resource != "https://gitlab.example.com/platform/lib.git" || len(svc.got.Scopes) != 2 || svc.got.RequestID == "" {
+	if len(svc.got.Resources) != 1 || svc.got.Resources[0] != "https://gitlab.example.com/platform/lib.git" || len(svc.got.Scopes) != 2 || svc.got.RequestID == "" {
 		t.Errorf("service got %+v", svc.got)
+	}
+}
+
+// TestTokenSeveralResources: resource may repeat (RFC 8693, section 2.1),
+// up to exchange.MaxResources, and reaches the service in order.
+func TestTokenSeveralResources(t *testing.T) {
+	f := validForm()
+	f.Set("resource", "https://registry.example.com/platform/a")
+	f.Add("resource", "https://registry.example.com/platform/b")
+	svc := &fakeService{}
+	w := post(t, Handler(Options{Service: svc}), "/v1/token", f.Encode(), nil)
+	if w.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	if want := []string{"https://registry.example.com/platform/a", "https://registry.example.com/platform/b"}; !slices.Equal(svc.got.Resources, want) {
+		t.Fatalf("service got resources %q, want %q", svc.got.Resources, want)
+	}
+	for i := 2; i <= exchange.MaxResources; i++ {
+		f.Add("resource", fmt.Sprintf("https://registry.example.com/platform/p%d", i))
+	}
+	svc = &fakeService{}
+	w = post(t, Handler(Options{Service: svc}), "/v1/token", f.Encode(), nil)
+	if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), fmt.Sprintf("at most %d resource parameters", exchange.MaxResources)) || svc.got.SubjectToken != "" {
+		t.Fatalf("%d resources: %d %s", len(f["resource"]), w.Code, w.Body)
 	}
 }
 
