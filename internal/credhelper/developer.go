@@ -96,6 +96,11 @@ func loginScopes(s string) ([]string, error) {
 	if !slices.Contains(asked, "read_repository") {
 		asked = append([]string{"read_repository"}, asked...)
 	}
+	// GitLab's registry lets write_registry push but not pull, and a push pulls
+	// too (docker checks for layers first): GitLab documents both for a push.
+	if i := slices.Index(asked, "write_registry"); i >= 0 && !slices.Contains(asked, "read_registry") {
+		asked = slices.Insert(asked, i, "read_registry")
+	}
 	return asked, nil
 }
 

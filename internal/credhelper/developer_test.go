@@ -245,6 +245,47 @@ func TestDeveloperDocker(t *testing.T) {
 	}
 }
 
+// TestDeveloperDockerNeedsARegistryScope: a login without a scope GitLab's registry honours
+// gets no answer from docker-credential-gltoken but the one line saying which login would do,
+// whether the host is the only one logged in to or named by GLTOKEN_HOST.
+func TestDeveloperDockerNeedsARegistryScope(t *testing.T) {
+	w := newDevWorld(t, nil)
+	t.Cleanup(func() { stopAgent(t, w.sock) })
+	done := approveWhenAsked(t, w.gl, w.alice, false)
+	r := runWith(t, []string{"git-credential-gltoken", "login", "--host", w.gl.URL()}, w.env, "")
+	done()
+	if r.code != 0 {
+		t.Fatalf("login: %+v", r)
+	}
+	want := "gltoken: no credential for registry.example.com: the login to " + w.gl.URL() + " has no registry scope (it has read_repository): run git-credential-gltoken login --host " + w.gl.URL() + " --scope read_registry (write_registry to push)\n"
+	for _, host := range []string{"", w.gl.URL()} {
+		env := map[string]string{"GLTOKEN_HOST": host}
+		for k, v := range w.env {
+			env[k] = v
+		}
+		r = runWith(t, []string{"docker-credential-gltoken", "get"}, env, "registry.example.com\n")
+		if r.code != 1 || r.stdout != "credentials not found in native keychain\n" || r.stderr != want {
+			t.Fatalf("GLTOKEN_HOST=%q: %+v\nwant stderr %q", host, r, want)
+		}
+	}
+}
+
+func TestLoginScopes(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", "read_repository"},
+		{"write_repository", "read_repository,write_repository"},
+		{"read_registry", "read_repository,read_registry"},
+		{"write_registry", "read_repository,read_registry,write_registry"},
+		{"read_registry,write_registry", "read_repository,read_registry,write_registry"},
+		{"api", "read_repository,api"},
+	} {
+		got, err := loginScopes(tc.in)
+		if err != nil || strings.Join(got, ",") != tc.want {
+			t.Errorf("loginScopes(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
+}
+
 func TestDeveloperLoginDenied(t *testing.T) {
 	w := newDevWorld(t, nil)
 	t.Cleanup(func() { stopAgent(t, w.sock) })

@@ -130,7 +130,7 @@ func gitGet(ctx context.Context, s *settings, d *devSettings, scopes []string, s
 		return failf(stderr, "no credential for %s: %s", resource, describe(err))
 	}
 	defer c.Close()
-	tok, err := s.exchange(ctx, c, idToken, resource, scopes)
+	tok, err := s.exchange(ctx, c, idToken, []string{resource}, scopes)
 	if err != nil {
 		return failf(stderr, "no credential for %s: %s", resource, describe(err))
 	}

@@ -109,9 +109,9 @@ func (s *settings) idToken() (string, error) {
 // left. A shorter one is refused, not asked for again: the daemon's answer
 // is bounded by the rule's ttl and the ID token's life, which a second ask
 // does not change (it would only mint a second unusable token).
-func (s *settings) exchange(ctx context.Context, c *client.Client, idToken, resource string, scopes []string) (*client.Token, error) {
-	s.trace("POST %s/v1/token resource=%s scope=%q", c.Daemon(), resource, strings.Join(scopes, " "))
-	tok, err := c.Exchange(ctx, idToken, resource, scopes)
+func (s *settings) exchange(ctx context.Context, c *client.Client, idToken string, resources, scopes []string) (*client.Token, error) {
+	s.trace("POST %s/v1/token resource=%s scope=%q", c.Daemon(), strings.Join(resources, " resource="), strings.Join(scopes, " "))
+	tok, err := c.ExchangeFor(ctx, idToken, resources, scopes)
 	// A 429 minted nothing, so asking again is safe: at most twice, each after the daemon's
 	// Retry-After plus jitter (many jobs of one runner host must not come back at once), and
 	// only while that stays within maxRetryWait.
@@ -137,7 +137,7 @@ func (s *settings) exchange(ctx context.Context, c *client.Client, idToken, reso
 			return nil, err
 		case <-t.C:
 		}
-		tok, err = c.Exchange(ctx, idToken, resource, scopes)
+		tok, err = c.ExchangeFor(ctx, idToken, resources, scopes)
 	}
 	if err != nil {
 		return nil, err

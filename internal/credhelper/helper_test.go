@@ -564,6 +564,32 @@ func TestDocker(t *testing.T) {
 	}
 }
 
+// TestDockerSeveralProjects: GLTOKEN_REGISTRY_PROJECTS asks the daemon for
+// one credential valid at the registry repositories of every project named,
+// one resource parameter each; a project named twice is asked for once.
+func TestDockerSeveralProjects(t *testing.T) {
+	fd := &fakeDaemon{answer: grant(3599, testSecret)}
+	env := map[string]string{"GLTOKEN_DAEMON": unixDaemon(t, fd), "GLTOKEN_ID_TOKEN": testIDToken, "CI_PROJECT_PATH": "platform/app",
+		"GLTOKEN_REGISTRY_PROJECTS": "platform/tools/cli, platform/tools/lint,platform/tools/cli"}
+	r := runWith(t, []string{"docker-credential-gltoken", "get"}, env, "registry.example.com\n")
+	if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, `"Secret":"`+testSecret+`"`) {
+		t.Fatalf("get: %+v", r)
+	}
+	want := wantForm("https://registry.example.com/platform/tools/cli", "read_registry")
+	want["resource"] = append(want["resource"], "https://registry.example.com/platform/tools/lint")
+	if got := fd.Calls()[0].form; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("form = %s, want %s", got, want)
+	}
+}
+
+func manyProjects(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "platform/p%d,", i)
+	}
+	return b.String()
+}
+
 func TestDockerNotFoundAndErrors(t *testing.T) {
 	argv0 := "docker-credential-gltoken"
 	tests := []struct {
@@ -583,14 +609,36 @@ func TestDockerNotFoundAndErrors(t *testing.T) {
 			name:       "no project",
 			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken},
 			wantStdout: "credentials not found in native keychain\n",
-			wantStderr: "gltoken: no registry project for registry.example.com: set GLTOKEN_REGISTRY_PROJECT to the project path (in a CI job CI_PROJECT_PATH is used)\n",
+			wantStderr: "gltoken: no registry project for registry.example.com: set GLTOKEN_REGISTRY_PROJECT to the project path, or GLTOKEN_REGISTRY_PROJECTS to several (in a CI job CI_PROJECT_PATH is used)\n",
 		},
 		{
 			name:       "policy does not cover it",
 			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken, "CI_PROJECT_PATH": "platform/app"},
 			answer:     deny(400, "invalid_target", "registry.example.com/platform/app is not allowed", "r-1"),
 			wantStdout: "credentials not found in native keychain\n",
-			wantStderr: "gltoken: no credential for https://registry.example.com/platform/app: registry.example.com/platform/app is not allowed (request id r-1); the trust policy does not grant this job that resource: ask the gltoken administrator for a rule (exchanged explain shows which check failed)\n",
+			wantStderr: "gltoken: registry login denied, going on anonymously: https://registry.example.com/platform/app: registry.example.com/platform/app is not allowed (request id r-1); the trust policy does not grant this job that resource: ask the gltoken administrator for a rule (exchanged explain shows which check failed)\n",
+		},
+		{
+			name:       "several projects denied",
+			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken, "GLTOKEN_REGISTRY_PROJECTS": "platform/a,other/b"},
+			answer:     deny(400, "invalid_target", "one credential cannot serve both platform/a and other/b", "r-3"),
+			wantStdout: "credentials not found in native keychain\n",
+			wantStderr: "gltoken: registry login denied, going on anonymously: https://registry.example.com (platform/a, other/b): one credential cannot serve both platform/a and other/b (request id r-3); the trust policy does not grant this job that resource: ask the gltoken administrator for a rule (exchanged explain shows which check failed)\n",
+		},
+		{
+			name:       "both variables",
+			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken, "GLTOKEN_REGISTRY_PROJECTS": "platform/a,platform/b", "GLTOKEN_REGISTRY_PROJECT": "platform/a"},
+			wantStdout: "gltoken: no credential for registry.example.com: GLTOKEN_REGISTRY_PROJECT and GLTOKEN_REGISTRY_PROJECTS are both set: set one of them\n",
+		},
+		{
+			name:       "an image path",
+			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken, "GLTOKEN_REGISTRY_PROJECTS": "platform/a, https://registry.example.com/platform/b"},
+			wantStdout: "gltoken: no credential for registry.example.com: bad registry project \"https://registry.example.com/platform/b\": path segment \"https:\" is not a valid GitLab path; name project paths (group/project), not image paths or URLs\n",
+		},
+		{
+			name:       "too many",
+			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken, "GLTOKEN_REGISTRY_PROJECTS": manyProjects(21)},
+			wantStdout: "gltoken: no credential for registry.example.com: GLTOKEN_REGISTRY_PROJECTS names 21 projects; at most 20\n",
 		},
 		{
 			name:       "other error on stdout",
