@@ -149,6 +149,118 @@ func TestRegistryLoginThroughDockerHelper(t *testing.T) {
 	assertNoSecrets(t, "daemon log", d.logs.String())
 }
 
+// skopeoRun runs skopeo with env and returns its combined output.
+func skopeoRun(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(needTool(t, "skopeo", "skopeo"), args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// registryClientEnv is the environment of a registry client whose
+// ~/.docker/config.json names gltoken as the credential helper of reg, with
+// docker-credential-gltoken on PATH, and more variables after.
+func registryClientEnv(t *testing.T, reg *registry, more ...string) []string {
+	t.Helper()
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, ".docker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(home, ".docker", "config.json"), fmt.Sprintf(`{"credHelpers": {%q: "gltoken"}}`, reg.host), 0o600)
+	env := append(os.Environ(), "HOME="+home, "XDG_RUNTIME_DIR="+t.TempDir(), "REGISTRY_AUTH_FILE=",
+		"PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return append(env, more...)
+}
+
+// seedImages pushes the one-layer test image to each repository path of reg
+// (tag v1) with the service account's token, as a maintainer would.
+func (w *world) seedImages(t *testing.T, reg *registry, paths ...string) {
+	t.Helper()
+	image := ociImage(t)
+	env := append(os.Environ(), "HOME="+t.TempDir(), "XDG_RUNTIME_DIR="+t.TempDir(), "REGISTRY_AUTH_FILE=")
+	for _, p := range paths {
+		if out, err := skopeoRun(t, env, "copy", "--dest-cert-dir", reg.certDir, "--dest-creds", "gltoken-bot:"+w.botToken,
+			"oci:"+image+":v1", "docker://"+reg.host+"/"+p+":v1"); err != nil {
+			t.Fatalf("seed %s: %v\n%s", p, err, out)
+		}
+	}
+}
+
+// registryGroupPolicy grants the job registry reads on the group
+// platform/tools (one group deploy token) and on the project platform/lib.
+const registryGroupPolicy = `
+rules:
+  - name: images
+    match:
+      project_path: platform/app
+      ref_protected: "true"
+    allow:
+      groups: [platform/tools]
+      projects: [platform/lib]
+      scopes: [read_registry]
+      ttl: 1h
+`
+
+// TestRegistryImagesOfTwoProjectsInOneJob: one job pulls images of two
+// projects with skopeo through docker-credential-gltoken. The login names
+// only the registry host, so the job lists the projects in
+// GLTOKEN_REGISTRY_PROJECTS; the rule grants their group, and one group
+// deploy token serves both (and an image below a project). Projects that no
+// single credential serves are refused: skopeo goes on anonymously and is
+// refused, and the helper's line on stderr says why.
+func TestRegistryImagesOfTwoProjectsInOneJob(t *testing.T) {
+	w := newWorld(t)
+	p := newPKI(t, w.dir)
+	reg := startRegistry(t, w, p)
+	d := w.startDaemon(t, daemonOpts{registryURL: "https://" + reg.host, policy: registryGroupPolicy})
+	w.seedImages(t, reg, "platform/tools/cli", "platform/tools/lint", "platform/tools/cli/builder", "platform/lib")
+
+	idToken := w.job("main", true)
+	job := registryClientEnv(t, reg, "GLTOKEN_ID_TOKEN="+idToken, "GLTOKEN_DAEMON="+d.daemonURL(),
+		"GLTOKEN_REGISTRY_PROJECTS=platform/tools/cli,platform/tools/lint")
+	for _, image := range []string{"platform/tools/cli", "platform/tools/lint", "platform/tools/cli/builder"} {
+		dest := filepath.Join(t.TempDir(), "pulled")
+		if out, err := skopeoRun(t, job, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/"+image+":v1", "dir:"+dest); err != nil {
+			t.Fatalf("pull %s: %v\n%s\ndaemon:\n%s", image, err, out, d.logs.String())
+		}
+		if _, err := os.Stat(filepath.Join(dest, "manifest.json")); err != nil {
+			t.Fatalf("pulled %s has no manifest: %v", image, err)
+		}
+	}
+	var minted []string
+	for _, tok := range w.liveMinted() {
+		minted = append(minted, tok.Kind+" "+tok.OwnerPath+" "+strings.Join(tok.Scopes, ","))
+	}
+	if len(minted) != 1 || minted[0] != "deploy_group platform/tools read_registry" {
+		t.Fatalf("minted %v, want one read_registry group deploy token on platform/tools", minted)
+	}
+
+	// platform/lib is granted too, but as a project deploy token of its own:
+	// no one credential serves it and platform/tools/cli. Nothing is minted.
+	denied := registryClientEnv(t, reg, "GLTOKEN_ID_TOKEN="+idToken, "GLTOKEN_DAEMON="+d.daemonURL(),
+		"GLTOKEN_REGISTRY_PROJECTS=platform/tools/cli,platform/lib")
+	out, err := skopeoRun(t, denied, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/platform/lib:v1", "dir:"+filepath.Join(t.TempDir(), "x"))
+	if err == nil {
+		t.Fatalf("pulled with a login the daemon refused:\n%s", out)
+	}
+	want := "gltoken: registry login denied, going on anonymously: https://" + reg.host + " (platform/tools/cli, platform/lib): one credential cannot serve both platform/tools/cli and platform/lib"
+	if !strings.Contains(out, want) {
+		t.Fatalf("skopeo's output does not say why the login was denied (want %q):\n%s", want, out)
+	}
+	if n := len(w.liveMinted()); n != 1 {
+		t.Fatalf("%d live credentials after the refused login, want 1", n)
+	}
+	t.Logf("refused login, as skopeo printed it:\n%s", out)
+	// Alone, platform/lib is served.
+	alone := registryClientEnv(t, reg, "GLTOKEN_ID_TOKEN="+idToken, "GLTOKEN_DAEMON="+d.daemonURL(), "GLTOKEN_REGISTRY_PROJECT=platform/lib")
+	if out, err := skopeoRun(t, alone, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/platform/lib:v1", "dir:"+filepath.Join(t.TempDir(), "x")); err != nil {
+		t.Fatalf("pull platform/lib alone: %v\n%s", err, out)
+	}
+	assertNoSecrets(t, "skopeo output", out)
+	assertNoSecrets(t, "daemon log", d.logs.String())
+}
+
 // ociImage writes a one-layer OCI image layout and returns its directory.
 func ociImage(t *testing.T) string {
 	t.Helper()
