@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"gltoken.dev/gltoken/internal/gitlabfake"
 	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
@@ -259,6 +260,38 @@ func TestRegistryImagesOfTwoProjectsInOneJob(t *testing.T) {
 	}
 	assertNoSecrets(t, "skopeo output", out)
 	assertNoSecrets(t, "daemon log", d.logs.String())
+}
+
+// TestRegistryRealmOverHTTPS: GitLab serves the registry's token realm over https. With the
+// stand-in on https (its own CA), exchanged trusts it through gitlab.ca_file, and skopeo
+// fetches the registry token from the https realm with the minted credential, trusting the
+// stand-in's CA next to the registry's.
+func TestRegistryRealmOverHTTPS(t *testing.T) {
+	w := newWorldWith(t, gitlabfake.Options{TLS: true})
+	if !strings.HasPrefix(w.gl.URL(), "https://") {
+		t.Fatalf("stand-in URL %s", w.gl.URL())
+	}
+	p := newPKI(t, w.dir)
+	reg := startRegistry(t, w, p)
+	writeFile(t, filepath.Join(reg.certDir, "gitlab-ca.crt"), string(w.gl.CACertPEM()), 0o644)
+	glCA := filepath.Join(w.dir, "gitlab-ca.pem")
+	writeFile(t, glCA, string(w.gl.CACertPEM()), 0o644)
+	d := w.startDaemon(t, daemonOpts{registryURL: "https://" + reg.host, gitlab: "  ca_file: " + glCA + "\n"})
+	w.seedImages(t, reg, "platform/lib")
+
+	job := registryClientEnv(t, reg, "GLTOKEN_ID_TOKEN="+w.job("main", true), "GLTOKEN_DAEMON="+d.daemonURL(), "GLTOKEN_REGISTRY_PROJECT=platform/lib")
+	dest := filepath.Join(t.TempDir(), "pulled")
+	if out, err := skopeoRun(t, job, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/platform/lib:v1", "dir:"+dest); err != nil {
+		t.Fatalf("pull with the realm on https: %v\n%s\ndaemon:\n%s", err, out, d.logs.String())
+	}
+	// Without the stand-in's CA the realm's certificate is refused: the token came over https.
+	if err := os.Remove(filepath.Join(reg.certDir, "gitlab-ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	out, err := skopeoRun(t, job, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/platform/lib:v1", "dir:"+filepath.Join(t.TempDir(), "x"))
+	if err == nil || !strings.Contains(out, "certificate") {
+		t.Fatalf("pulled without trusting the realm's CA (err %v):\n%s", err, out)
+	}
 }
 
 // ociImage writes a one-layer OCI image layout and returns its directory.

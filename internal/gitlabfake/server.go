@@ -63,6 +63,10 @@ type Options struct {
 	// Host, e.g. "gitlab.example.com", puts the stand-in at https://HOST (no port): it serves
 	// TLS under a CA of its own (CACertPEM) and clients reach it through ProxyURL. See tls.go.
 	Host string
+	// TLS, without Host, serves https at the loopback URL, https://127.0.0.1:PORT (the
+	// ID-token issuer and the registry's token realm too), under a CA of its own (CACertPEM,
+	// ServerCertPEM), with no proxy.
+	TLS bool
 }
 
 // Server is a running GitLab stand-in listening on a loopback port.
@@ -210,6 +214,9 @@ func New(opts Options) (*Server, error) {
 		Handler:           s.middleware(s.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	if s.tls != nil {
+		s.srv.ErrorLog = s.tlsErrorLog()
+	}
 	go func() { _ = s.srv.Serve(s.ln) }()
 	return s, nil
 }
@@ -234,8 +241,8 @@ func Start(tb TB, opts Options) *Server {
 	return s
 }
 
-// URL is the base URL, "http://127.0.0.1:PORT" ("https://HOST" with Options.Host). It is also
-// the ID-token issuer.
+// URL is the base URL, "http://127.0.0.1:PORT" ("https://HOST" with Options.Host,
+// "https://127.0.0.1:PORT" with Options.TLS). It is also the ID-token issuer.
 func (s *Server) URL() string { return s.url }
 
 // Close stops the server and removes the repo root if the server created it.
@@ -265,7 +272,7 @@ func (s *Server) RepoRoot() string { return s.repoRoot }
 func (s *Server) RegistryIssuer() string { return registryIssuer }
 
 // RegistryCertPEM is the certificate of the registry-JWT signing key, for distribution's
-// auth.token.rootcertbundle.
+// auth.token.rootcertbundle (gitlab-standin writes it to registry-token.pem).
 func (s *Server) RegistryCertPEM() []byte {
 	if err := s.ensureRegistryKey(); err != nil {
 		panic(err)

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -37,13 +38,19 @@ import (
 // client is switched to an insecure mode (no GOINSECURE, no http.sslVerify
 // false). Go programs never send a loopback address through a proxy, so the
 // stand-in's own loopback URL keeps working next to it.
+//
+// Options.TLS alone serves the same kind of certificate (for localhost and
+// 127.0.0.1) on the loopback URL, https://127.0.0.1:PORT, with no host name
+// and no proxy: enough for clients that take a port, such as registry clients
+// fetching tokens from the realm, which GitLab serves over https.
 
-// tlsState is the TLS side of a Server started with Options.Host.
+// tlsState is the TLS side of a Server started with Options.Host or Options.TLS.
 type tlsState struct {
-	host    string
-	caPEM   []byte
-	proxyLn net.Listener
-	target  string // the TLS listener, 127.0.0.1:PORT
+	host            string // "" with Options.TLS alone
+	caPEM           []byte
+	certPEM, keyPEM []byte
+	proxyLn         net.Listener // nil with Options.TLS alone
+	target          string       // the TLS listener, 127.0.0.1:PORT
 
 	mu     sync.Mutex
 	open   map[net.Conn]bool // client connections, closed by closeTLS
@@ -51,30 +58,60 @@ type tlsState struct {
 	conns  sync.WaitGroup
 }
 
-// setupTLS wraps the listener in TLS and starts the CONNECT proxy when
+// setupTLS wraps the listener in TLS, and starts the CONNECT proxy when
 // Options.Host is set. It runs in New before the server serves.
 func (s *Server) setupTLS() error {
 	host := s.opts.Host
-	if host == "" {
+	if host == "" && !s.opts.TLS {
 		return nil
 	}
-	if strings.ContainsAny(host, ":/ @") || host != strings.ToLower(host) {
+	if host != "" && (strings.ContainsAny(host, ":/ @") || host != strings.ToLower(host)) {
 		return fmt.Errorf("gitlabfake: Options.Host %q: want a lower-case host name without port, e.g. gitlab.example.com", host)
 	}
-	caPEM, cert, err := newServerCert(host)
+	certHost := host
+	if certHost == "" {
+		certHost = "localhost"
+	}
+	caPEM, certPEM, keyPEM, err := newServerCert(certHost)
 	if err != nil {
 		return err
 	}
-	proxyLn, err := net.Listen("tcp", "127.0.0.1:0")
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
+		return fmt.Errorf("gitlabfake: TLS certificate: %w", err)
+	}
+	t := &tlsState{host: host, caPEM: caPEM, certPEM: certPEM, keyPEM: keyPEM, target: s.ln.Addr().String(), open: map[net.Conn]bool{}}
+	s.ln = tls.NewListener(s.ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	s.tls = t
+	if host == "" {
+		s.url = "https://" + t.target
+		return nil
+	}
+	if t.proxyLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		return fmt.Errorf("gitlabfake: proxy listen: %w", err)
 	}
-	t := &tlsState{host: host, caPEM: caPEM, proxyLn: proxyLn, target: s.ln.Addr().String(), open: map[net.Conn]bool{}}
-	s.ln = tls.NewListener(s.ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	s.url = "https://" + host
-	s.tls = t
 	go t.serveProxy()
 	return nil
+}
+
+// tlsErrorLog is the http.Server's error log with TLS: a client that does not
+// trust the CA fails its handshake, which is for the client to report, not
+// for the stand-in to print on a test's stderr. With Options.Logf it goes there.
+func (s *Server) tlsErrorLog() *log.Logger {
+	if s.opts.Logf == nil {
+		return log.New(io.Discard, "", 0)
+	}
+	logf := s.opts.Logf
+	return log.New(logfWriter(func(line string) { logf("%s", line) }), "", 0)
+}
+
+// logfWriter hands each write, a log line, to its function.
+type logfWriter func(line string)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 func (s *Server) closeTLS() {
@@ -82,7 +119,9 @@ func (s *Server) closeTLS() {
 		return
 	}
 	t := s.tls
-	_ = t.proxyLn.Close()
+	if t.proxyLn != nil {
+		_ = t.proxyLn.Close()
+	}
 	t.mu.Lock()
 	t.closed = true
 	for c := range t.open {
@@ -93,8 +132,8 @@ func (s *Server) closeTLS() {
 }
 
 // CACertPEM is the PEM certificate of the CA that signed the stand-in's TLS
-// certificate (Options.Host), for SSL_CERT_FILE, GIT_SSL_CAINFO or
-// gitlab.ca_file. Nil without Options.Host.
+// certificate (Options.Host or Options.TLS), for SSL_CERT_FILE, GIT_SSL_CAINFO,
+// gitlab.ca_file or skopeo's --cert-dir. Nil without TLS.
 func (s *Server) CACertPEM() []byte {
 	if s.tls == nil {
 		return nil
@@ -102,11 +141,22 @@ func (s *Server) CACertPEM() []byte {
 	return append([]byte(nil), s.tls.caPEM...)
 }
 
+// ServerCertPEM is the stand-in's TLS certificate and its private key, PEM (nil
+// without TLS). The certificate names 127.0.0.1 and localhost (and
+// Options.Host), any port, so a registry tried by hand next to the stand-in may
+// serve https with it too.
+func (s *Server) ServerCertPEM() (cert, key []byte) {
+	if s.tls == nil {
+		return nil, nil
+	}
+	return append([]byte(nil), s.tls.certPEM...), append([]byte(nil), s.tls.keyPEM...)
+}
+
 // ProxyURL is the CONNECT proxy that takes Options.Host:443 to the stand-in
 // ("http://127.0.0.1:PORT"), for clients' https_proxy. Empty without
 // Options.Host.
 func (s *Server) ProxyURL() string {
-	if s.tls == nil {
+	if s.tls == nil || s.tls.proxyLn == nil {
 		return ""
 	}
 	return "http://" + s.tls.proxyLn.Addr().String()
@@ -200,10 +250,10 @@ func (t *tlsState) tunnel(c net.Conn) {
 }
 
 // newServerCert makes a CA and a certificate for host, 127.0.0.1 and
-// localhost signed by it. ECDSA P-256: fast enough to make per test.
-func newServerCert(host string) (caPEM []byte, cert tls.Certificate, err error) {
-	fail := func(err error) ([]byte, tls.Certificate, error) {
-		return nil, tls.Certificate{}, fmt.Errorf("gitlabfake: TLS certificate: %w", err)
+// localhost signed by it, all PEM. ECDSA P-256: fast enough to make per test.
+func newServerCert(host string) (caPEM, certPEM, keyPEM []byte, err error) {
+	fail := func(err error) ([]byte, []byte, []byte, error) {
+		return nil, nil, nil, fmt.Errorf("gitlabfake: TLS certificate: %w", err)
 	}
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -237,6 +287,11 @@ func newServerCert(host string) (caPEM []byte, cert tls.Certificate, err error) 
 	if err != nil {
 		return fail(err)
 	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return fail(err)
+	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }

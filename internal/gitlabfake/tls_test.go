@@ -115,3 +115,45 @@ func TestHostMustBeAPlainHostName(t *testing.T) {
 		t.Fatalf("plain stand-in: URL %q CA %v proxy %q", s.URL(), s.CACertPEM() != nil, s.ProxyURL())
 	}
 }
+
+// TestTLSLoopback: Options.TLS alone serves https at the loopback URL, under a CA of its own,
+// with no proxy: a client trusting CACertPEM gets GitLab's OIDC discovery with the https
+// issuer, a client trusting only the system roots is refused the handshake, and the served
+// certificate is ServerCertPEM's.
+func TestTLSLoopback(t *testing.T) {
+	s := Start(t, Options{TLS: true})
+	if !strings.HasPrefix(s.URL(), "https://127.0.0.1:") || s.LoopbackURL() != s.URL() || s.ProxyURL() != "" {
+		t.Fatalf("URL %s, loopback %s, proxy %q", s.URL(), s.LoopbackURL(), s.ProxyURL())
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(s.CACertPEM()) {
+		t.Fatal("CACertPEM holds no certificate")
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Get(s.URL() + "/.well-known/openid-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || d.Issuer != s.URL() {
+		t.Fatalf("discovery issuer %q, %v", d.Issuer, err)
+	}
+	certPEM, keyPEM := s.ServerCertPEM()
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil || !resp.TLS.PeerCertificates[0].Equal(leaf) {
+		t.Fatalf("ServerCertPEM is not the served certificate: %v", err)
+	}
+	if _, err := (&http.Client{Timeout: 30 * time.Second}).Get(s.URL() + "/.well-known/openid-configuration"); err == nil {
+		t.Fatal("a client without the stand-in's CA completed the handshake")
+	}
+	if c, k := Start(t, Options{}).ServerCertPEM(); c != nil || k != nil {
+		t.Fatal("a plain stand-in has a certificate")
+	}
+}
