@@ -67,8 +67,9 @@ DESCRIPTION
 
     Installed or linked as docker-credential-gltoken, the same binary is a
     docker credential helper: get mints a registry credential for
-    https://<registry host>/<GLTOKEN_REGISTRY_PROJECT>, list prints {}, store
-    and erase keep and revoke nothing.
+    https://<registry host>/<project> (GLTOKEN_REGISTRY_PROJECT, or every
+    project in GLTOKEN_REGISTRY_PROJECTS), list prints {}, store and erase
+    keep and revoke nothing; docker-credential-gltoken --help says more.
 
 OPTIONS
     --daemon URL
@@ -132,6 +133,10 @@ ENVIRONMENT
     GLTOKEN_REGISTRY_PROJECT
                             docker mode: the registry project path; default
                             $CI_PROJECT_PATH.
+    GLTOKEN_REGISTRY_PROJECTS
+                            docker mode: several project paths, one
+                            credential for all (see docker-credential-gltoken
+                            --help).
     GLTOKEN_DEBUG=1         trace each step on standard error; secrets appear
                             only as SHA-256 fingerprints.
     CI_SERVER_URL           configure: the default --host.
@@ -204,17 +209,42 @@ SYNOPSIS
 DESCRIPTION
     docker, podman, skopeo, buildah and crane run this helper for registries
     listed in "credHelpers" of ~/.docker/config.json. get reads the registry
-    from standard input and asks the gltoken daemon for a credential for
-    https://<registry host>/<project> with the scope read_registry (plus
-    write_registry when GLTOKEN_SCOPE names it). Without an ID token, a
-    project, or a policy rule it answers "credentials not found in native
-    keychain" (docker then goes on anonymously) and says why on standard
-    error. store and erase keep and revoke nothing; list prints {}.
+    host from standard input and asks the gltoken daemon for a credential for
+    the registry repositories https://<registry host>/<project> with the scope
+    read_registry (plus write_registry when GLTOKEN_SCOPE names it). store
+    and erase keep and revoke nothing; list prints {}.
+
+    A registry client names only the registry host, never the image: the
+    image is named later, in the registry's own token request to GitLab
+    (/jwt/auth?scope=repository:<image path>:pull), for the credential the
+    client already chose. So the projects come from the environment: the
+    job's own ($CI_PROJECT_PATH), GLTOKEN_REGISTRY_PROJECT, or every project
+    in GLTOKEN_REGISTRY_PROJECTS. A project's images are its own path and
+    those up to two levels below it (group/project/image); name projects, not
+    images. For several projects the daemon's trust policy must allow each
+    one, and one credential must serve them all: a group deploy token of a
+    group that one rule lists in allow.groups and that holds every project.
+    Anything else is refused; nothing is widened to fit.
+
+    Without an ID token, a project, or a rule that allows the login, get
+    answers "credentials not found in native keychain" (the client then goes
+    on anonymously, so public images still pull) and says on standard error
+    that the login was denied, and why.
+
+    Without an ID token and outside a CI job (a person's machine), get
+    answers the OAuth access token of git-credential-gltoken login as
+    username oauth2; GitLab's registry honours it with the scopes
+    read_registry (pull), write_registry (push), read_api or api, and the
+    person's role in each project. A login without any of them is refused
+    here with the login that would do.
 
 ENVIRONMENT
     GLTOKEN_DAEMON, GLTOKEN_ID_TOKEN, GLTOKEN_ID_TOKEN_FILE, GLTOKEN_CA_FILE,
     GLTOKEN_SCOPE, GLTOKEN_DEBUG: as for git-credential-gltoken.
     GLTOKEN_REGISTRY_PROJECT  the project path; default $CI_PROJECT_PATH.
+    GLTOKEN_REGISTRY_PROJECTS project paths separated by commas or spaces (at
+                              most 20), one credential for all of them; not
+                              together with GLTOKEN_REGISTRY_PROJECT.
     GLTOKEN_HOST              without an ID token (a person logged in with
                               git-credential-gltoken login --scope
                               read_registry): the GitLab instance whose
@@ -223,6 +253,14 @@ ENVIRONMENT
 
 EXAMPLES
     echo registry.example.com | {{name}} get
+
+    In .gitlab-ci.yml, pulling images of two projects of the group platform
+    (a policy rule grants allow.groups: [platform], scopes: [read_registry]):
+
+        variables:
+          GLTOKEN_REGISTRY_PROJECTS: platform/base-images,platform/tools
+        script:
+          - skopeo copy docker://registry.example.com/platform/tools:v1 oci:tools
 
 EXIT STATUS
     0 success; 1 failure, with the message on standard output as docker expects.

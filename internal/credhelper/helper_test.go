@@ -582,6 +582,18 @@ func TestDockerSeveralProjects(t *testing.T) {
 	}
 }
 
+func TestDockerHelp(t *testing.T) {
+	r := runWith(t, []string{"docker-credential-gltoken", "--help"}, nil, "")
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("%+v", r)
+	}
+	for _, want := range []string{"GLTOKEN_REGISTRY_PROJECTS", "never the image", "allow.groups", "username oauth2", "EXIT STATUS\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}
+
 func manyProjects(n int) string {
 	var b strings.Builder
 	for i := range n {

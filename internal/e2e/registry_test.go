@@ -188,22 +188,32 @@ func (w *world) seedImages(t *testing.T, reg *registry, paths ...string) {
 	}
 }
 
-// registryGroupPolicy grants the job registry reads on the group
-// platform/tools (one group deploy token) and on the project platform/lib.
-const registryGroupPolicy = `
-rules:
-  - name: images
-    match:
-      project_path: platform/app
-      ref_protected: "true"
-    allow:
-      groups: [platform/tools]
-      projects: [platform/lib]
-      scopes: [read_registry]
-      ttl: 1h
-`
+// shippedImagesJob returns contrib/policy.yaml and the GLTOKEN_REGISTRY_PROJECTS of
+// contrib/gitlab-ci.yml's images-pull job.
+func shippedImagesJob(t *testing.T) (policy, projects string) {
+	t.Helper()
+	pol, err := os.ReadFile("../../contrib/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := os.ReadFile("../../contrib/gitlab-ci.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, job, ok := strings.Cut(string(ci), "\nimages-pull:\n")
+	if !ok {
+		t.Fatal("contrib/gitlab-ci.yml has no images-pull job")
+	}
+	_, rest, ok := strings.Cut(job, "GLTOKEN_REGISTRY_PROJECTS: ")
+	if !ok {
+		t.Fatal("contrib/gitlab-ci.yml's images-pull job sets no GLTOKEN_REGISTRY_PROJECTS")
+	}
+	projects, _, _ = strings.Cut(rest, "\n")
+	return string(pol), strings.TrimSpace(projects)
+}
 
-// TestRegistryImagesOfTwoProjectsInOneJob: one job pulls images of two
+// TestRegistryImagesOfTwoProjectsInOneJob: contrib/gitlab-ci.yml's
+// images-pull job under contrib/policy.yaml: one job pulls images of two
 // projects with skopeo through docker-credential-gltoken. The login names
 // only the registry host, so the job lists the projects in
 // GLTOKEN_REGISTRY_PROJECTS; the rule grants their group, and one group
@@ -214,12 +224,16 @@ func TestRegistryImagesOfTwoProjectsInOneJob(t *testing.T) {
 	w := newWorld(t)
 	p := newPKI(t, w.dir)
 	reg := startRegistry(t, w, p)
-	d := w.startDaemon(t, daemonOpts{registryURL: "https://" + reg.host, policy: registryGroupPolicy})
+	pol, projects := shippedImagesJob(t)
+	if projects != "platform/tools/cli,platform/tools/lint" {
+		t.Fatalf("contrib/gitlab-ci.yml's images-pull job names %q: update this test", projects)
+	}
+	d := w.startDaemon(t, daemonOpts{registryURL: "https://" + reg.host, policy: pol})
 	w.seedImages(t, reg, "platform/tools/cli", "platform/tools/lint", "platform/tools/cli/builder", "platform/lib")
 
 	idToken := w.job("main", true)
 	job := registryClientEnv(t, reg, "GLTOKEN_ID_TOKEN="+idToken, "GLTOKEN_DAEMON="+d.daemonURL(),
-		"GLTOKEN_REGISTRY_PROJECTS=platform/tools/cli,platform/tools/lint")
+		"GLTOKEN_REGISTRY_PROJECTS="+projects)
 	for _, image := range []string{"platform/tools/cli", "platform/tools/lint", "platform/tools/cli/builder"} {
 		dest := filepath.Join(t.TempDir(), "pulled")
 		if out, err := skopeoRun(t, job, "copy", "--src-cert-dir", reg.certDir, "docker://"+reg.host+"/"+image+":v1", "dir:"+dest); err != nil {
@@ -237,7 +251,7 @@ func TestRegistryImagesOfTwoProjectsInOneJob(t *testing.T) {
 		t.Fatalf("minted %v, want one read_registry group deploy token on platform/tools", minted)
 	}
 
-	// platform/lib is granted too, but as a project deploy token of its own:
+	// platform/lib is granted too (rule app-reads-libs), but as a project deploy token:
 	// no one credential serves it and platform/tools/cli. Nothing is minted.
 	denied := registryClientEnv(t, reg, "GLTOKEN_ID_TOKEN="+idToken, "GLTOKEN_DAEMON="+d.daemonURL(),
 		"GLTOKEN_REGISTRY_PROJECTS=platform/tools/cli,platform/lib")
@@ -245,7 +259,8 @@ func TestRegistryImagesOfTwoProjectsInOneJob(t *testing.T) {
 	if err == nil {
 		t.Fatalf("pulled with a login the daemon refused:\n%s", out)
 	}
-	want := "gltoken: registry login denied, going on anonymously: https://" + reg.host + " (platform/tools/cli, platform/lib): one credential cannot serve both platform/tools/cli and platform/lib"
+	want := "gltoken: registry login denied, going on anonymously: https://" + reg.host + " (platform/tools/cli, platform/lib): one credential cannot serve both platform/tools/cli and platform/lib: " +
+		`the first would get a group_deploy_token on platform/tools (rule "platform-tools"), the second a project_deploy_token on platform/lib (rule "app-reads-libs")`
 	if !strings.Contains(out, want) {
 		t.Fatalf("skopeo's output does not say why the login was denied (want %q):\n%s", want, out)
 	}
