@@ -122,8 +122,10 @@ func (o origins) parseAll(raws []string) ([]target, error) {
 			return nil, err
 		}
 		if len(raws) > 1 && !t.registry {
-			return nil, &Error{Code: CodeInvalidTarget, Description: fmt.Sprintf(
-				"several resources in one request are for registry logins only (%s is a git repository): ask for one repository at a time", redactResource(raw))}
+			// RFC 6749's "at most once" holds for git: a repeated resource
+			// there is a malformed request, as every repeated parameter is.
+			return nil, &Error{Code: CodeInvalidRequest, Description: fmt.Sprintf(
+				"parameter \"resource\" given more than once: several resources in one request are for registry logins only (%s is a git repository): ask for one repository at a time", redactResource(raw))}
 		}
 		if !slices.Contains(out, t) {
 			out = append(out, t)
