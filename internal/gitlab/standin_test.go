@@ -140,6 +140,10 @@ func TestStandinMintEachKind(t *testing.T) {
 			if tok.Kind != tt.fkind || tok.OwnerPath != tt.owner || tok.ID != cred.GitLabID {
 				t.Errorf("token = %s %s #%d, want %s %s #%d", tok.Kind, tok.OwnerPath, tok.ID, tt.fkind, tt.owner, cred.GitLabID)
 			}
+			if tok.Kind != string(cred.Kind) {
+				// One name per kind: the stand-in (and so the demo) says what the audit and metrics say.
+				t.Errorf("the stand-in calls a %s a %s", cred.Kind, tok.Kind)
+			}
 			if strings.Join(tok.Scopes, " ") != strings.Join(tt.scopes, " ") {
 				t.Errorf("scopes = %v, want %v", tok.Scopes, tt.scopes)
 			}

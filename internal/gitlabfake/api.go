@@ -547,7 +547,10 @@ func (s *Server) accessTokenJSON(t *token, secret string) map[string]any {
 	}
 	if t.Kind != KindPersonal {
 		m["access_level"] = t.AccessLevel
-		m["resource_type"] = strings.TrimSuffix(t.Kind, "_access")
+		m["resource_type"] = "group"
+		if t.Kind == KindProjectAccess {
+			m["resource_type"] = "project"
+		}
 		m["resource_id"] = s.resourceIDLocked(t)
 	}
 	if secret != "" {

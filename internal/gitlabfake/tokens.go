@@ -13,13 +13,15 @@ import (
 	"gltoken.dev/gltoken/internal/fingerprint"
 )
 
-// Token kinds, as TokenState.Kind.
+// Token kinds, as TokenState.Kind. The four gltoken mints are named as the
+// daemon names them (ledger.Kind: audit events, metrics, the demo), so a
+// kind reads the same whichever side shows it.
 const (
-	KindPersonal      = "personal"
-	KindProjectAccess = "project_access"
-	KindGroupAccess   = "group_access"
-	KindDeployProject = "deploy_project"
-	KindDeployGroup   = "deploy_group"
+	KindPersonal      = "personal_access_token"
+	KindProjectAccess = "project_access_token"
+	KindGroupAccess   = "group_access_token"
+	KindDeployProject = "project_deploy_token"
+	KindDeployGroup   = "group_deploy_token"
 )
 
 // TokenState is what the stand-in knows about a token. It never holds the secret.
