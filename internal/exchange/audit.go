@@ -15,7 +15,7 @@ import (
 // build alerts on them. It holds fingerprints, never secrets.
 type auditEvent struct {
 	RequestID    string
-	Outcome      string
+	Outcome      Outcome
 	Reason       string
 	Detail       string
 	Rule         string
@@ -75,7 +75,7 @@ func (e *auditEvent) attrs() []slog.Attr {
 	a := []slog.Attr{
 		slog.String("audit", "gltoken"),
 		slog.String("request_id", e.RequestID),
-		slog.String("outcome", e.Outcome),
+		slog.String("outcome", e.Outcome.String()),
 	}
 	str := func(k, v string) {
 		if v != "" {
@@ -121,11 +121,21 @@ func (e *auditEvent) attrs() []slog.Attr {
 	return a
 }
 
-// backgroundID is the request id of an audit event no client asked for (the
-// reaper's revocations, the sweep's): "reaper-" and 16 hex digits, so that
-// every audit event can be named by its request id.
-func backgroundID(who string) string {
+// The actions no client asks for, which name the request ids of their audit
+// events.
+const (
+	actionReaper   = "reaper"   // a revocation at the TTL, an intent settled
+	actionSweep    = "sweep"    // an escaped token the sweep found
+	actionJobEnd   = "jobend"   // the credentials of a job that ended (found by the job poll)
+	actionOperator = "operator" // exchanged credentials revoke
+)
+
+// backgroundID is the request id of one action no client asked for: the
+// action's name, "-" and 16 hex digits ("reaper-…", "sweep-…", "jobend-…",
+// "operator-…"). Every audit event of the action carries it, as every event
+// of a request carries the request's id.
+func backgroundID(action string) string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return who + "-" + hex.EncodeToString(b[:])
+	return action + "-" + hex.EncodeToString(b[:])
 }

@@ -36,7 +36,7 @@ func decide(pol *policy.Policy, maxTTL time.Duration, claims map[string]string, 
 		if dec.ScopeDenied {
 			code = CodeInvalidScope
 		}
-		return plan{}, dec, &Error{Code: code, Description: "denied by policy: " + dec.Reason}
+		return plan{}, dec, &Error{Code: code, Description: "denied by policy: " + dec.Reason, denied: true}
 	}
 	kind, owner := leastPrivilege(scopes, t.project, dec.Group)
 	p := plan{kind: kind, owner: owner, lifetime: min(dec.TTL, maxTTL), rule: dec.Rule, ruleFP: dec.RuleFingerprint, scopes: scopes}

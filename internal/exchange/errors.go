@@ -25,6 +25,9 @@ type Error struct {
 	RetryAfter  time.Duration
 	detail      string
 	reason      string // of a CodeRateLimited error: which limit (for metrics and logs)
+	// denied: the trust policy refused the request (the audit's and the
+	// metric's outcome is denied, whatever the code).
+	denied bool
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Description }

@@ -180,14 +180,14 @@ func (s *Service) Exchange(ctx context.Context, req Request) (*Issued, error) {
 	ev := auditEvent{RequestID: req.RequestID, Resource: redactResources(req.Resources), Scopes: req.Scopes, Peer: req.Peer}
 	granted, err := s.exchange(ctx, req, &ev)
 	ev.Duration = s.cfg.Now().Sub(start)
-	outcome := "granted"
+	outcome := OutcomeGranted
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
 			e = internalError(err)
 			err = e
 		}
-		outcome = e.Code
+		outcome = outcomeOf(e)
 		ev.Reason = e.Description
 		ev.Detail = e.detail
 	} else {
@@ -376,7 +376,7 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 	start := s.cfg.Now()
 	sha := fingerprint.Of(token)
 	s.cache.forgetSecret(sha)
-	ev := auditEvent{RequestID: requestID, SecretSHA256: sha, Peer: peer, Outcome: "unknown_token"}
+	ev := auditEvent{RequestID: requestID, SecretSHA256: sha, Peer: peer, Outcome: OutcomeUnknownToken}
 	defer func() {
 		ev.Duration = s.cfg.Now().Sub(start)
 		s.cfg.Audit.LogAttrs(ctx, slog.LevelInfo, "revocation", ev.attrs()...)
@@ -386,20 +386,20 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 		return nil
 	}
 	if err != nil {
-		ev.Outcome, ev.Detail = "error", err.Error()
+		ev.Outcome, ev.Detail = OutcomeUnavailable, err.Error()
 		return &Error{Code: CodeUnavailable, Description: "the ledger is unavailable; try again", RetryAfter: 5 * time.Second, detail: err.Error()}
 	}
 	ev.fromRecord(rec)
 	if rec.State != ledger.Active {
-		ev.Outcome = "already_" + string(rec.State)
+		ev.Outcome = alreadyOutcome(rec.State)
 		return nil
 	}
 	if s.pool != nil && IsPoolSlot(rec.ID) {
 		// A pool slot is rotated, not revoked: the secret dies, the bot stays.
 		if outcome, err := s.pool.Retire(ctx, rec, true); err == nil {
-			ev.Outcome = "revoked"
-			ev.Detail = "pool slot " + outcome
-			s.cfg.Observer.Revoked(rec.Kind, "client")
+			ev.Outcome = OutcomeClientRevoked
+			ev.Detail = "pool slot: " + outcome.String()
+			s.cfg.Observer.Revoked(rec.Kind, OutcomeClientRevoked)
 			if s.cfg.Limiter != nil {
 				s.cfg.Limiter.ClientRevoked(jobKey(rec.JobID, rec.TokenJTI), rec.OwnerPath)
 			}
@@ -408,10 +408,10 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 	}
 	escaped, err := revokeFamily(ctx, s.minter, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID, Name: tokenName(rec.ID)})
 	for range escaped {
-		s.cfg.Observer.Revoked(rec.Kind, "escaped")
+		s.cfg.Observer.Revoked(rec.Kind, OutcomeEscaped)
 	}
 	if escaped > 0 {
-		eev := auditEvent{RequestID: requestID, Outcome: "escaped_revoked", Peer: peer,
+		eev := auditEvent{RequestID: requestID, Outcome: OutcomeEscaped, Peer: peer,
 			Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", escaped)}
 		eev.fromRecord(rec)
 		s.cfg.Audit.LogAttrs(ctx, slog.LevelWarn, "escaped credential revoked", eev.attrs()...)
@@ -419,15 +419,15 @@ func (s *Service) Revoke(ctx context.Context, requestID, token, peer string) err
 	if err != nil {
 		// The reaper retries it at once.
 		_ = s.store.RetryLater(ctx, rec.ID, s.cfg.Now(), err.Error())
-		ev.Outcome, ev.Detail = "deferred", err.Error()
-		s.cfg.Observer.Revoked(rec.Kind, "deferred")
+		ev.Outcome, ev.Detail = OutcomeDeferred, err.Error()
+		s.cfg.Observer.Revoked(rec.Kind, OutcomeDeferred)
 		return nil
 	}
 	if err := s.store.MarkRevoked(ctx, rec.ID, s.cfg.Now()); err != nil {
 		ev.Detail = err.Error()
 	}
-	ev.Outcome = "revoked"
-	s.cfg.Observer.Revoked(rec.Kind, "client")
+	ev.Outcome = OutcomeClientRevoked
+	s.cfg.Observer.Revoked(rec.Kind, OutcomeClientRevoked)
 	if s.cfg.Limiter != nil {
 		s.cfg.Limiter.ClientRevoked(jobKey(rec.JobID, rec.TokenJTI), rec.OwnerPath)
 	}

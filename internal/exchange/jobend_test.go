@@ -35,7 +35,7 @@ func TestEndJobRevokesWhatOnlyItHeld(t *testing.T) {
 	}
 
 	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
-	ended, err := r.EndJob(ctx, "12")
+	ended, err := r.EndJob(ctx, "12", "")
 	if err != nil || !slices.Equal(ended, []string{a.LedgerID}) {
 		t.Fatalf("EndJob(12) = %v, %v; want [%s]", ended, err, a.LedgerID)
 	}
@@ -50,7 +50,7 @@ func TestEndJobRevokesWhatOnlyItHeld(t *testing.T) {
 	}
 	// Twice, or a job that held nothing: nothing happens.
 	for _, job := range []string{"12", "99"} {
-		if ended, err := r.EndJob(ctx, job); err != nil || len(ended) != 0 {
+		if ended, err := r.EndJob(ctx, job, ""); err != nil || len(ended) != 0 {
 			t.Fatalf("EndJob(%s) again = %v, %v", job, ended, err)
 		}
 	}
@@ -80,7 +80,7 @@ func TestJobEndDuringMint(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if ended, err := r.EndJob(ctx, "12"); err != nil || len(ended) != 1 {
+	if ended, err := r.EndJob(ctx, "12", ""); err != nil || len(ended) != 1 {
 		t.Fatalf("EndJob during the mint = %v, %v", ended, err)
 	}
 	close(f.minter.block)
@@ -112,13 +112,13 @@ func TestSharedCredentialEndsWithItsLastJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
-	if ended, err := r.EndJob(ctx, "12"); err != nil || len(ended) != 0 {
+	if ended, err := r.EndJob(ctx, "12", ""); err != nil || len(ended) != 0 {
 		t.Fatalf("EndJob(first holder) = %v, %v; want nothing ended", ended, err)
 	}
 	if rec, _ := f.store.Get(ctx, a.LedgerID); rec.State != ledger.Active || f.minter.liveCount() != 1 {
 		t.Fatalf("after the first job's end: %s, live %d; want active", rec.State, f.minter.liveCount())
 	}
-	if ended, err := r.EndJob(ctx, "13"); err != nil || !slices.Equal(ended, []string{a.LedgerID}) {
+	if ended, err := r.EndJob(ctx, "13", ""); err != nil || !slices.Equal(ended, []string{a.LedgerID}) {
 		t.Fatalf("EndJob(last holder) = %v, %v", ended, err)
 	}
 	if rec, _ := f.store.Get(ctx, a.LedgerID); rec.State != ledger.Revoked || f.minter.liveCount() != 0 {

@@ -44,6 +44,9 @@ type JobEvent struct {
 	ProjectID string
 	JobID     string
 	Status    string
+	// RequestID is the id of the request that delivered the event: the
+	// revocations it causes are audited under it.
+	RequestID string
 }
 
 // JobWatchConfig configures NewJobWatch.
@@ -127,7 +130,7 @@ func (w *JobWatch) Event(ctx context.Context, ev JobEvent) error {
 	if !JobFinished(ev.Status) {
 		return nil
 	}
-	return w.ended(ctx, ev.JobID, ev.Status, "webhook")
+	return w.ended(ctx, ev.JobID, ev.Status, "webhook", ev.RequestID)
 }
 
 func (w *JobWatch) note(jobID, status string, byHook bool) {
@@ -141,13 +144,18 @@ func (w *JobWatch) note(jobID, status string, byHook bool) {
 	w.seen[jobID] = jobSeen{status: status, at: w.cfg.Now(), byHook: byHook}
 }
 
-func (w *JobWatch) ended(ctx context.Context, jobID, status, via string) error {
-	ids, err := w.reaper.EndJob(ctx, jobID)
+// ended ends the job's credentials; requestID names the request that told
+// of it ("" for the poll: the job end gets an id of its own).
+func (w *JobWatch) ended(ctx context.Context, jobID, status, via, requestID string) error {
+	if requestID == "" {
+		requestID = backgroundID(actionJobEnd)
+	}
+	ids, err := w.reaper.EndJob(ctx, jobID, requestID)
 	if err != nil {
 		return err
 	}
 	if len(ids) > 0 {
-		w.cfg.Logger.InfoContext(ctx, "job ended; its credentials are revoked", "job_id", jobID, "status", status, "via", via, "ledger_ids", ids)
+		w.cfg.Logger.InfoContext(ctx, "job ended; its credentials are revoked", "request_id", requestID, "job_id", jobID, "status", status, "via", via, "ledger_ids", ids)
 	}
 	return nil
 }
@@ -280,7 +288,7 @@ func (w *JobWatch) pollJob(ctx context.Context, projectID, jobID string) {
 	}
 	w.note(jobID, status, false)
 	if JobFinished(status) {
-		if err := w.ended(ctx, jobID, status, "poll"); err != nil {
+		if err := w.ended(ctx, jobID, status, "poll", ""); err != nil {
 			w.cfg.Logger.ErrorContext(ctx, "job ended, but its credentials could not be released; they end at their TTL", "job_id", jobID, "error", err)
 		}
 	}

@@ -165,19 +165,20 @@ func (s *Sweeper) SweepOnce(ctx context.Context) (int, error) {
 				continue
 			}
 			ref := TokenRef{Kind: o.Kind, Owner: o.Owner, GitLabID: t.GitLabID}
-			ev := auditEvent{RequestID: backgroundID("sweep"), Outcome: "escaped_revoked", Kind: o.Kind, GitLabID: t.GitLabID}
+			ev := auditEvent{RequestID: backgroundID(actionSweep), Outcome: OutcomeEscaped, Kind: o.Kind, GitLabID: t.GitLabID}
 			if rec.ID != "" {
 				ev.fromRecord(rec)
 				ev.GitLabID = t.GitLabID
 			}
 			if err := s.minter.Revoke(ctx, ref); err != nil {
 				errs = append(errs, fmt.Errorf("sweep: revoke escaped %s %d on %d: %w", o.Kind, t.GitLabID, o.Owner, err))
-				ev.Outcome, ev.Detail = "escaped_retry", err.Error()
+				ev.Outcome, ev.Detail = OutcomeEscapedFailed, err.Error()
+				s.obs.Revoked(o.Kind, OutcomeEscapedFailed)
 				s.audit.LogAttrs(ctx, slog.LevelError, "escaped credential found", ev.attrs()...)
 				continue
 			}
 			revoked++
-			s.obs.Revoked(o.Kind, "escaped")
+			s.obs.Revoked(o.Kind, OutcomeEscaped)
 			ev.Detail = fmt.Sprintf("token %s (GitLab id %d) was active in GitLab but not live in the ledger", t.Name, t.GitLabID)
 			s.audit.LogAttrs(ctx, slog.LevelWarn, "escaped credential revoked", ev.attrs()...)
 		}

@@ -24,17 +24,17 @@ import (
 
 type countingObserver struct {
 	mu       sync.Mutex
-	outcomes map[string]int
+	outcomes map[exchange.Outcome]int
 }
 
-func (o *countingObserver) Exchanged(string, ledger.Kind, time.Duration) {}
-func (o *countingObserver) Minted(ledger.Kind)                           {}
-func (o *countingObserver) Revoked(_ ledger.Kind, outcome string) {
+func (o *countingObserver) Exchanged(exchange.Outcome, ledger.Kind, time.Duration) {}
+func (o *countingObserver) Minted(ledger.Kind)                                     {}
+func (o *countingObserver) Revoked(_ ledger.Kind, outcome exchange.Outcome) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.outcomes[outcome]++
 }
-func (o *countingObserver) count(outcome string) int {
+func (o *countingObserver) count(outcome exchange.Outcome) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.outcomes[outcome]
@@ -68,7 +68,7 @@ func (f *lifeFixture) advance(d time.Duration) {
 
 func newLifeFixture(t *testing.T) *lifeFixture {
 	t.Helper()
-	f := &lifeFixture{now: time.Now().UTC().Truncate(time.Second), obs: &countingObserver{outcomes: map[string]int{}}}
+	f := &lifeFixture{now: time.Now().UTC().Truncate(time.Second), obs: &countingObserver{outcomes: map[exchange.Outcome]int{}}}
 	f.gl = gitlabfake.Start(t, gitlabfake.Options{Now: f.clock})
 	f.pid = f.gl.AddProject("platform/deploy").ID
 	f.svc = f.gl.AddUser("gltoken-svc")
@@ -153,8 +153,8 @@ func TestReaperRevokesSelfRotatedFamily(t *testing.T) {
 		t.Fatalf("the self-rotated successor survived the reaper: %+v", live)
 	}
 	rec, _ := f.store.Get(context.Background(), "fam1")
-	if rec.State != ledger.Revoked || f.obs.count("escaped") != 1 {
-		t.Fatalf("record %s, escaped %d", rec.State, f.obs.count("escaped"))
+	if rec.State != ledger.Revoked || f.obs.count(exchange.OutcomeEscaped) != 1 {
+		t.Fatalf("record %s, escaped %d", rec.State, f.obs.count(exchange.OutcomeEscaped))
 	}
 }
 
@@ -176,8 +176,8 @@ func TestSweepRevokesEscapedTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 2 || f.obs.count("escaped") != 2 {
-		t.Fatalf("sweep revoked %d (escaped metric %d), want 2", n, f.obs.count("escaped"))
+	if n != 2 || f.obs.count(exchange.OutcomeEscaped) != 2 {
+		t.Fatalf("sweep revoked %d (escaped metric %d), want 2", n, f.obs.count(exchange.OutcomeEscaped))
 	}
 	for name, want := range map[string]int{"gltoken-keep": 1, "gltoken-pending": 1, "gltoken-rotated": 0, "gltoken-gone": 0} {
 		if got := len(f.live(name)); got != want {
@@ -217,8 +217,8 @@ func TestReaperKeeps404Unconfirmed(t *testing.T) {
 			t.Errorf("%s: %s after %d attempts, want it kept live and retried", id, rec.State, rec.Attempts)
 		}
 	}
-	if f.obs.count("unconfirmed") != 2 {
-		t.Fatalf("unconfirmed = %d, want 2", f.obs.count("unconfirmed"))
+	if f.obs.count(exchange.OutcomeUnconfirmed) != 2 {
+		t.Fatalf("unconfirmed = %d, want 2", f.obs.count(exchange.OutcomeUnconfirmed))
 	}
 	if len(f.live("gltoken-lost")) != 1 {
 		t.Fatal("setup: the token should still be live")
@@ -280,7 +280,7 @@ func TestReaperRevokesAtTheTTL(t *testing.T) {
 func BenchmarkRevocationLag(b *testing.B) {
 	const n = 2000
 	for range b.N {
-		f := &lifeFixture{real: true, obs: &countingObserver{outcomes: map[string]int{}}}
+		f := &lifeFixture{real: true, obs: &countingObserver{outcomes: map[exchange.Outcome]int{}}}
 		f.gl = gitlabfake.Start(b, gitlabfake.Options{})
 		f.gl.SetRateLimit(1 << 30)
 		f.pid = f.gl.AddProject("platform/deploy").ID

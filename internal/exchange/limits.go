@@ -21,11 +21,14 @@ type MintLimiter interface {
 	ClientRevoked(job, owner string)
 }
 
-// Reasons a MintLimiter gives for a refusal.
+// Reasons a mint is answered 429 (Error.LimitReason; the reason label of
+// gltoken_rate_limited_total): the first three a MintLimiter gives.
 const (
 	LimitJobMints     = "job_mints"            // mints per job
 	LimitProjectMints = "project_mints"        // mints per source project
 	LimitRemints      = "remints_after_revoke" // re-mints of a job on an owner after client revocations
+	LimitGitLabBudget = "gitlab_budget"        // the daemon's own GitLab API budget is spent
+	LimitGitLab       = "gitlab"               // GitLab answered 429
 )
 
 // MintSubject is what a mint is limited by.

@@ -124,7 +124,7 @@ func (s *Service) mintFailed(ctx context.Context, rec ledger.Record, err error) 
 			ref.Name = tokenName(rec.ID)
 			if _, rerr := revokeFamily(ctx, s.minter, ref); rerr == nil {
 				_ = s.store.MarkRevoked(ctx, rec.ID, s.cfg.Now())
-				s.cfg.Observer.Revoked(rec.Kind, "ambiguous_mint")
+				s.cfg.Observer.Revoked(rec.Kind, OutcomeAmbiguousMint)
 			}
 		}
 		return &Error{Code: CodeUnavailable, Description: "GitLab did not confirm the new credential; nothing usable was minted, try again", RetryAfter: time.Second, detail: err.Error()}
@@ -155,13 +155,13 @@ func (s *Service) gitlabError(owner string, err error) error {
 	return internalError(err)
 }
 
-// limitReason is "gitlab_budget" when the daemon's own GitLab API budget
-// refused the call (ErrBudgetSpent), "gitlab" when GitLab answered 429.
+// limitReason is LimitGitLabBudget when the daemon's own GitLab API budget
+// refused the call (ErrBudgetSpent), LimitGitLab when GitLab answered 429.
 func limitReason(err error) string {
 	if errors.Is(err, ErrBudgetSpent) {
-		return "gitlab_budget"
+		return LimitGitLabBudget
 	}
-	return "gitlab"
+	return LimitGitLab
 }
 
 var ledgerIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

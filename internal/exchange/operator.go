@@ -8,17 +8,18 @@ import (
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
-// OutcomeOperatorRevoked is the revocation outcome (metric label, audit
-// event) of a credential an operator ended (exchanged credentials revoke).
-const OutcomeOperatorRevoked = "operator_revoked"
-
 // RevokeNow ends the credential with ledger id id at once, with its whole
 // family, through the same path as at its TTL: revoked at GitLab, recorded in
 // the ledger, an audit event with outcome operator_revoked. A pending intent
 // is reconciled by its name. A revocation GitLab does not confirm stays live
 // and is retried by the reaper with back-off. It returns the record as the
 // ledger has it afterwards; a record already settled is returned unchanged.
+// Its audit events carry a request id of their own ("operator-…").
 func (r *Reaper) RevokeNow(ctx context.Context, id string) (ledger.Record, error) {
+	return r.revokeNow(ctx, id, backgroundID(actionOperator))
+}
+
+func (r *Reaper) revokeNow(ctx context.Context, id, requestID string) (ledger.Record, error) {
 	if id == "" {
 		return ledger.Record{}, errors.New("revoke: no ledger id")
 	}
@@ -29,7 +30,7 @@ func (r *Reaper) RevokeNow(ctx context.Context, id string) (ledger.Record, error
 	if rec.State != ledger.Pending && rec.State != ledger.Active {
 		return rec, nil
 	}
-	r.settleAs(ctx, rec, OutcomeOperatorRevoked)
+	r.settleAs(ctx, rec, OutcomeOperatorRevoked, requestID)
 	after, err := r.store.Get(ctx, id)
 	if err != nil {
 		return rec, fmt.Errorf("revoke %s: read it back: %w", id, err)
@@ -39,7 +40,8 @@ func (r *Reaper) RevokeNow(ctx context.Context, id string) (ledger.Record, error
 
 // RevokeJob ends, as RevokeNow does, every live credential job jobID holds,
 // also ones other jobs share (an operator ending a job's credentials means
-// all of them). It returns the records as the ledger has them afterwards.
+// all of them), under one request id. It returns the records as the ledger
+// has them afterwards.
 func (r *Reaper) RevokeJob(ctx context.Context, jobID string) ([]ledger.Record, error) {
 	if jobID == "" {
 		return nil, errors.New("revoke: no job id")
@@ -49,8 +51,9 @@ func (r *Reaper) RevokeJob(ctx context.Context, jobID string) ([]ledger.Record, 
 		return nil, fmt.Errorf("revoke job %s: %w", jobID, err)
 	}
 	var out []ledger.Record
+	requestID := backgroundID(actionOperator)
 	for _, h := range holds {
-		rec, err := r.RevokeNow(ctx, h.LedgerID)
+		rec, err := r.revokeNow(ctx, h.LedgerID, requestID)
 		if err != nil {
 			return out, err
 		}

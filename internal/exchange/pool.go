@@ -285,35 +285,32 @@ func (e mintErr) Error() string { return e.err.Error() }
 // there ("adopted"); none means the slot is gone ("gone", the record
 // Revoked). When the old id is still the active one, nothing happened and
 // rerr is returned.
-func (p *Pool) afterFailedRotate(ctx context.Context, rec ledger.Record, rerr error) (string, error) {
+func (p *Pool) afterFailedRotate(ctx context.Context, rec ledger.Record, rerr error) (Outcome, error) {
 	ref, found, err := p.m.FindByName(ctx, rec.Kind, rec.Owner, tokenName(rec.ID))
 	switch {
 	case err != nil:
-		return "", fmt.Errorf("%w (and finding the slot by name failed: %v)", rerr, err)
+		return Outcome{}, fmt.Errorf("%w (and finding the slot by name failed: %v)", rerr, err)
 	case !found:
 		if err := p.store.MarkRevoked(ctx, rec.ID, p.now()); err != nil {
-			return "", err
+			return Outcome{}, err
 		}
 		p.cache.forgetLedgerID(rec.ID)
-		return "gone", nil
+		return OutcomePoolGone, nil
 	case ref.GitLabID != rec.GitLabID:
 		if err := p.slots.Rotated(ctx, rec.ID, rec.GitLabID, ref.GitLabID, "", p.idleUntil()); err != nil {
-			return "", err
+			return Outcome{}, err
 		}
 		p.cache.forgetLedgerID(rec.ID)
-		return "adopted", nil
+		return OutcomePoolAdopted, nil
 	}
-	return "", rerr
+	return Outcome{}, rerr
 }
 
-// Slot renewal outcomes (Retire).
-const (
-	slotRotated = "rotated"  // the secret is dead, the slot idle
-	slotNotDue  = "not_due"  // handed out again, or renewed, since it was claimed: nothing done
-	slotRevoked = "revoked"  // it could not be rotated, so it was revoked: the secret is dead, the slot gone
-	slotGone    = "gone"     // GitLab has no active token of the slot
-	slotAdopted = "adopted"  // a lost rotation's successor was found and is the idle slot
-	slotAlready = "inactive" // the record is no longer Active
+// Slot renewal outcomes (Retire) that are not revocation outcomes: nothing
+// was done, so nothing is logged or counted.
+var (
+	slotNotDue  = Outcome{"not_due"}  // handed out again, or renewed, since it was claimed
+	slotAlready = Outcome{"inactive"} // the record is no longer Active
 )
 
 // Retire ends the secret slot record rec holds by rotating the slot to an
@@ -323,15 +320,18 @@ const (
 // early) its TTL lies ahead, nothing is done. When the rotation fails and
 // reconciliation does not settle it, the slot's family is revoked (no
 // secret outlives its TTL); only if that fails too is an error returned.
-func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (string, error) {
+// The outcome is one of OutcomePoolRotated, OutcomePoolAdopted,
+// OutcomePoolGone and OutcomePoolRevoked, or an unlisted one when nothing
+// was done.
+func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (Outcome, error) {
 	unlock, err := p.lock(ctx, hashOf(rec.ID))
 	if err != nil {
-		return "", err
+		return Outcome{}, err
 	}
 	defer unlock()
 	cur, err := p.store.Get(ctx, rec.ID)
 	if err != nil {
-		return "", err
+		return Outcome{}, err
 	}
 	switch {
 	case cur.State != ledger.Active:
@@ -351,7 +351,7 @@ func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (strin
 			// the next rotation (by name).
 			p.log.Warn("pool slot rotated but not recorded", "ledger_id", cur.ID, "error", err)
 		}
-		return slotRotated, nil
+		return OutcomePoolRotated, nil
 	}
 	outcome, serr := p.afterFailedRotate(ctx, cur, rerr)
 	if serr == nil {
@@ -361,14 +361,14 @@ func (p *Pool) Retire(ctx context.Context, rec ledger.Record, early bool) (strin
 	// slot replaces it when needed).
 	escaped, err := revokeFamily(ctx, p.m, ref)
 	if err != nil {
-		return "", fmt.Errorf("rotate pool slot: %v; revoke it: %w", rerr, err)
+		return Outcome{}, fmt.Errorf("rotate pool slot: %v; revoke it: %w", rerr, err)
 	}
 	for range escaped {
-		p.obs.Revoked(cur.Kind, "escaped")
+		p.obs.Revoked(cur.Kind, OutcomeEscaped)
 	}
 	p.cache.forgetLedgerID(cur.ID)
 	p.log.Warn("pool slot could not be rotated at its TTL; revoked instead", "ledger_id", cur.ID, "error", rerr)
-	return slotRevoked, p.store.MarkRevoked(ctx, cur.ID, p.now())
+	return OutcomePoolRevoked, p.store.MarkRevoked(ctx, cur.ID, p.now())
 }
 
 // poolMint serves a mint of the service from the pool. Like a minted

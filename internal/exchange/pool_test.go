@@ -364,7 +364,7 @@ func TestPoolSharedByTheProject(t *testing.T) {
 		t.Fatal("the shared secret does not work at git")
 	}
 	for i := range jobs {
-		if _, err := p.reaper.EndJob(context.Background(), strconv.Itoa(i+1)); err != nil {
+		if _, err := p.reaper.EndJob(context.Background(), strconv.Itoa(i+1), ""); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -19,16 +19,16 @@ type Verifier interface {
 
 // Observer receives the service's measurements; the metrics adapter implements it.
 type Observer interface {
-	Exchanged(outcome string, kind ledger.Kind, d time.Duration)
+	Exchanged(outcome Outcome, kind ledger.Kind, d time.Duration)
 	Minted(kind ledger.Kind)
-	Revoked(kind ledger.Kind, outcome string)
+	Revoked(kind ledger.Kind, outcome Outcome)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Exchanged(string, ledger.Kind, time.Duration) {}
-func (nopObserver) Minted(ledger.Kind)                           {}
-func (nopObserver) Revoked(ledger.Kind, string)                  {}
+func (nopObserver) Exchanged(Outcome, ledger.Kind, time.Duration) {}
+func (nopObserver) Minted(ledger.Kind)                            {}
+func (nopObserver) Revoked(ledger.Kind, Outcome)                  {}
 
 // Minter is the GitLab side of the exchange: the internal/gitlab adapter implements it.
 type Minter interface {

@@ -194,16 +194,21 @@ func (r *Reaper) ReconcilePending(ctx context.Context) (int, error) {
 	return len(recs), nil
 }
 
-func (r *Reaper) settle(ctx context.Context, rec ledger.Record) { r.settleAs(ctx, rec, "revoked") }
+// settle settles rec at its TTL (or its intent's lease): one reaper action,
+// with a request id of its own.
+func (r *Reaper) settle(ctx context.Context, rec ledger.Record) {
+	r.settleAs(ctx, rec, OutcomeRevoked, backgroundID(actionReaper))
+}
 
 // settleAs settles rec; a revoked Active credential is recorded with outcome
-// revoked (the metric's label and the audit event's outcome).
-func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string) {
+// revoked (the metric's label and the audit event's outcome). Every audit
+// event of it carries requestID.
+func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked Outcome, requestID string) {
 	var err error
 	outcome := revoked
 	switch rec.State {
 	case ledger.Pending:
-		outcome, err = r.reconcile(ctx, rec)
+		outcome, err = r.reconcile(ctx, rec, requestID)
 	case ledger.Active:
 		if r.pool != nil && IsPoolSlot(rec.ID) {
 			// Rotated, not revoked: the secret dies at its TTL, the bot
@@ -213,9 +218,9 @@ func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string
 				if outcome == slotNotDue || outcome == slotAlready {
 					return
 				}
-				ev := auditEvent{Outcome: "pool_" + outcome}
+				ev := auditEvent{RequestID: requestID, Outcome: outcome}
 				ev.fromRecord(rec)
-				r.obs.Revoked(rec.Kind, "pool_"+outcome)
+				r.obs.Revoked(rec.Kind, outcome)
 				r.audit.LogAttrs(ctx, slog.LevelInfo, "revocation", ev.attrs()...)
 				return
 			}
@@ -224,12 +229,12 @@ func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string
 		var escaped int
 		escaped, err = revokeFamily(ctx, r.minter, TokenRef{Kind: rec.Kind, Owner: rec.Owner, GitLabID: rec.GitLabID, Name: tokenName(rec.ID)})
 		if escaped > 0 {
-			r.escaped(ctx, rec, escaped)
+			r.escaped(ctx, rec, escaped, requestID)
 		}
 		if errors.Is(err, ErrRevokeUnconfirmed) && !r.now().Before(deadInGitLab(rec)) {
 			// The owner is out of sight, but the token has passed its own
 			// GitLab expiry: it cannot work any more.
-			outcome, err = "expired_unconfirmed", nil
+			outcome, err = OutcomeExpiredUnconfirmed, nil
 		}
 		if err == nil {
 			err = r.store.MarkRevoked(ctx, rec.ID, r.now())
@@ -237,27 +242,27 @@ func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string
 	default:
 		return
 	}
-	if outcome == "pending" {
+	if outcome == outcomePending {
 		r.log.Debug("intent has no token yet; looking again when its lease ends", "ledger_id", rec.ID)
 		return
 	}
 	if r.cache != nil {
 		r.cache.forgetLedgerID(rec.ID)
 	}
-	ev := auditEvent{RequestID: backgroundID("reaper"), Outcome: outcome}
+	ev := auditEvent{RequestID: requestID, Outcome: outcome}
 	ev.fromRecord(rec)
 	if err != nil {
 		delay := r.backoff(rec.Attempts + 1)
 		if rerr := r.store.RetryLater(ctx, rec.ID, r.now().Add(delay), err.Error()); rerr != nil {
-			r.log.Error("reaper could not record a failed attempt", "ledger_id", rec.ID, "error", rerr)
+			r.log.Error("reaper could not record a failed attempt", "request_id", requestID, "ledger_id", rec.ID, "error", rerr)
 		}
-		ev.Outcome, ev.Detail = "retry", fmt.Sprintf("%v (attempt %d, next in %s)", err, rec.Attempts+1, delay)
+		// Retried: a revocation that is not confirmed is never taken as
+		// gone, so the record stays live.
+		ev.Outcome, ev.Detail = OutcomeFailed, fmt.Sprintf("%v (attempt %d, next in %s)", err, rec.Attempts+1, delay)
 		if errors.Is(err, ErrRevokeUnconfirmed) {
-			// Never taken as gone: the record stays live and is retried.
-			r.obs.Revoked(rec.Kind, "unconfirmed")
-		} else {
-			r.obs.Revoked(rec.Kind, "failed")
+			ev.Outcome = OutcomeUnconfirmed
 		}
+		r.obs.Revoked(rec.Kind, ev.Outcome)
 		r.audit.LogAttrs(ctx, slog.LevelWarn, "revocation", ev.attrs()...)
 		return
 	}
@@ -267,19 +272,19 @@ func (r *Reaper) settleAs(ctx context.Context, rec ledger.Record, revoked string
 
 // reconcile settles an intent: the credential was perhaps created before the
 // daemon died or the answer was lost, so look for it by its name.
-func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record) (string, error) {
+func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record, requestID string) (Outcome, error) {
 	ref, found, err := r.minter.FindByName(ctx, rec.Kind, rec.Owner, tokenName(rec.ID))
 	if errors.Is(err, ErrNotFound) {
 		// GitLab also answers 404 when the owner is no longer visible to the
 		// service account, and a token made for the intent would still work:
 		// never abandon on that alone, unless any such token has expired.
 		if !deadInGitLab(rec).IsZero() && !r.now().Before(deadInGitLab(rec)) {
-			return "abandoned", r.store.Abandon(ctx, rec.ID, "owner not visible in GitLab, and any token of the intent has expired")
+			return OutcomeAbandoned, r.store.Abandon(ctx, rec.ID, "owner not visible in GitLab, and any token of the intent has expired")
 		}
-		return "", fmt.Errorf("find intent %s by name: %w: %w", rec.ID, ErrRevokeUnconfirmed, err)
+		return Outcome{}, fmt.Errorf("find intent %s by name: %w: %w", rec.ID, ErrRevokeUnconfirmed, err)
 	}
 	if err != nil {
-		return "", fmt.Errorf("find intent %s by name: %w", rec.ID, err)
+		return Outcome{}, fmt.Errorf("find intent %s by name: %w", rec.ID, err)
 	}
 	if !found {
 		if end := rec.CreatedAt.Add(r.mintLease); r.now().Before(end) {
@@ -288,30 +293,31 @@ func (r *Reaper) reconcile(ctx context.Context, rec ledger.Record) (string, erro
 				next = rec.ExpiresAt
 			}
 			if err := r.store.RetryLater(ctx, rec.ID, next, "no token of that name yet; looking again at the TTL or when the mint's lease ends"); err != nil {
-				return "", err
+				return Outcome{}, err
 			}
-			return "pending", nil
+			return outcomePending, nil
 		}
-		return "abandoned", r.store.Abandon(ctx, rec.ID, "reconciled: no token of that name in GitLab")
+		return OutcomeAbandoned, r.store.Abandon(ctx, rec.ID, "reconciled: no token of that name in GitLab")
 	}
 	ref.Name = tokenName(rec.ID)
 	escaped, err := revokeFamily(ctx, r.minter, ref)
 	if escaped > 0 {
-		r.escaped(ctx, rec, escaped)
+		r.escaped(ctx, rec, escaped, requestID)
 	}
 	if err != nil {
-		return "", err
+		return Outcome{}, err
 	}
-	return "reconciled_revoked", r.store.MarkRevoked(ctx, rec.ID, r.now())
+	return OutcomeReconciledRevoked, r.store.MarkRevoked(ctx, rec.ID, r.now())
 }
 
 // escaped records successors of rec's token that rotated themselves out of
-// the ledger and were revoked with it.
-func (r *Reaper) escaped(ctx context.Context, rec ledger.Record, n int) {
-	ev := auditEvent{RequestID: backgroundID("reaper"), Outcome: "escaped_revoked", Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", n)}
+// the ledger and were revoked with it, under the request id of the action
+// that revoked it.
+func (r *Reaper) escaped(ctx context.Context, rec ledger.Record, n int, requestID string) {
+	ev := auditEvent{RequestID: requestID, Outcome: OutcomeEscaped, Detail: fmt.Sprintf("%d token(s) of the credential's family (self-rotated successors) revoked with it", n)}
 	ev.fromRecord(rec)
 	for range n {
-		r.obs.Revoked(rec.Kind, "escaped")
+		r.obs.Revoked(rec.Kind, OutcomeEscaped)
 	}
 	r.audit.LogAttrs(ctx, slog.LevelWarn, "escaped credential revoked", ev.attrs()...)
 }

@@ -189,10 +189,10 @@ func TestReuseEndsWithTheLastHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := NewReaper(ReaperConfig{Interval: time.Second, Now: f.clock.Now}, f.store, f.minter, f.svc.Cache())
-	if ended, err := r.EndJob(ctx, "600"); err != nil || len(ended) != 0 {
+	if ended, err := r.EndJob(ctx, "600", ""); err != nil || len(ended) != 0 {
 		t.Fatalf("EndJob(600) = %v, %v; want nothing ended (job 601 holds it)", ended, err)
 	}
-	if ended, err := r.EndJob(ctx, "601"); err != nil || len(ended) != 1 || ended[0] != a.LedgerID {
+	if ended, err := r.EndJob(ctx, "601", ""); err != nil || len(ended) != 1 || ended[0] != a.LedgerID {
 		t.Fatalf("EndJob(601) = %v, %v; want [%s]", ended, err, a.LedgerID)
 	}
 	if f.minter.liveCount() != 0 {

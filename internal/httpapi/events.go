@@ -92,6 +92,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	// The event is acted on even if GitLab hangs up: its end was announced.
 	err := a.Events.Event(context.WithoutCancel(r.Context()), exchange.JobEvent{
 		ProjectID: strconv.FormatInt(ev.ProjectID, 10), JobID: strconv.FormatInt(ev.BuildID, 10), Status: ev.BuildStatus,
+		RequestID: requestID(r),
 	})
 	if err != nil {
 		// The poll takes the job up; GitLab's hook log shows the failure.

@@ -406,7 +406,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		w.Header().Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
 	if status == http.StatusTooManyRequests {
-		reason := "service"
+		reason := ReasonService
 		var lr interface{ LimitReason() string }
 		if errors.As(err, &lr) && lr.LimitReason() != "" {
 			reason = lr.LimitReason()

@@ -107,6 +107,9 @@ const (
 	ReasonJobMints     = exchange.LimitJobMints
 	ReasonProjectMints = exchange.LimitProjectMints
 	ReasonRemints      = exchange.LimitRemints
+	ReasonGitLabBudget = exchange.LimitGitLabBudget
+	ReasonGitLab       = exchange.LimitGitLab
+	ReasonService      = "service" // any other 429 of the service
 )
 
 // NewMintQuotas builds the post-verification quotas.

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/singleflight"
 
+	"gltoken.dev/gltoken/internal/exchange"
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
@@ -84,7 +85,7 @@ const DefaultCountTTL = 10 * time.Second
 func New(src Sources) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.exchanges = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "gltoken_exchanges_total", Help: "Token exchanges by outcome (granted or the RFC 6749 error code) and credential kind.",
+		Name: "gltoken_exchanges_total", Help: "Token exchanges by outcome (" + names(exchange.ExchangeOutcomes()) + ") and credential kind.",
 	}, []string{"outcome", "kind"})
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "gltoken_exchange_duration_seconds", Help: "Time to answer a token exchange.",
@@ -94,13 +95,13 @@ func New(src Sources) *Metrics {
 		Name: "gltoken_mints_total", Help: "Credentials minted in GitLab, by kind.",
 	}, []string{"kind"})
 	m.revocations = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (revoked, client, job_ended, reconciled_revoked, abandoned, failed, unconfirmed, escaped, deferred; access-token pool slots: pool_rotated, pool_adopted, pool_gone, pool_revoked).",
+		Name: "gltoken_revocations_total", Help: "Revocations by kind and outcome (" + names(exchange.RevocationOutcomes()) + ").",
 	}, []string{"kind", "outcome"})
 	m.gitlabCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_gitlab_requests_total", Help: "Calls to GitLab's API by route template and HTTP status (0: no answer).",
 	}, []string{"route", "status"})
 	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "gltoken_rate_limited_total", Help: "Requests answered 429, by reason (peer_failures, job_mints, project_mints, gitlab_budget, gitlab, …).",
+		Name: "gltoken_rate_limited_total", Help: "Requests answered 429, by reason (peer_failures, job_mints, project_mints, remints_after_revoke, gitlab_budget, gitlab, service).",
 	}, []string{"reason"})
 	m.rotations = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gltoken_service_token_rotations_total",
@@ -273,17 +274,28 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Exchanged implements exchange.Observer.
-func (m *Metrics) Exchanged(outcome string, kind ledger.Kind, d time.Duration) {
-	m.exchanges.WithLabelValues(outcome, string(kind)).Inc()
-	m.latency.WithLabelValues(outcome).Observe(d.Seconds())
+func (m *Metrics) Exchanged(outcome exchange.Outcome, kind ledger.Kind, d time.Duration) {
+	m.exchanges.WithLabelValues(outcome.String(), string(kind)).Inc()
+	m.latency.WithLabelValues(outcome.String()).Observe(d.Seconds())
 }
 
 // Minted implements exchange.Observer.
 func (m *Metrics) Minted(kind ledger.Kind) { m.mints.WithLabelValues(string(kind)).Inc() }
 
 // Revoked implements exchange.Observer.
-func (m *Metrics) Revoked(kind ledger.Kind, outcome string) {
-	m.revocations.WithLabelValues(string(kind), outcome).Inc()
+func (m *Metrics) Revoked(kind ledger.Kind, outcome exchange.Outcome) {
+	m.revocations.WithLabelValues(string(kind), outcome.String()).Inc()
+}
+
+var _ exchange.Observer = (*Metrics)(nil)
+
+// names lists outcomes for a Help text: the label values are exactly the set.
+func names(os []exchange.Outcome) string {
+	s := make([]string, len(os))
+	for i, o := range os {
+		s[i] = o.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 // Limited counts one request answered 429 for reason.

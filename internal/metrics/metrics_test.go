@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"gltoken.dev/gltoken/internal/exchange"
 )
 
 // TestScrapesCannotLoadTheStore: a flood of scrapes reads the ledger count
@@ -68,8 +70,9 @@ func TestOverdueGaugeAndAlertRules(t *testing.T) {
 			return []ServiceToken{{File: "/var/lib/gltoken/sa-1", Fingerprint: "sha256:0123456789abcdef"}}
 		},
 	})
-	m.Revoked("project_access_token", "unconfirmed")
-	m.Revoked("project_access_token", "escaped")
+	for _, o := range exchange.RevocationOutcomes() {
+		m.Revoked("project_access_token", o)
+	}
 	w := httptest.NewRecorder()
 	m.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	body := w.Body.String()
@@ -102,7 +105,7 @@ func TestOverdueGaugeAndAlertRules(t *testing.T) {
 			}
 			for _, outcome := range regexp.MustCompile(`outcome="([a-z_]+)"`).FindAllStringSubmatch(r.Expr, -1) {
 				if !strings.Contains(body, `outcome="`+outcome[1]+`"`) {
-					t.Errorf("alert %s uses outcome %s, never counted", r.Alert, outcome[1])
+					t.Errorf("alert %s uses outcome %s, which is not a revocation outcome", r.Alert, outcome[1])
 				}
 			}
 		}
