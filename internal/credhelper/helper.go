@@ -193,15 +193,35 @@ func describe(err error) string {
 	return err.Error()
 }
 
+// The daemon names each check an ID token failed by the verifier's own
+// words (internal/idtoken: ErrAudience, ErrExpired), several at once when
+// several failed; advice is keyed on exactly those, so that a value that
+// merely contains "aud" (an issuer URL, a project path) gets no aud advice.
+const (
+	failedAudience = "audience not accepted"
+	failedExpiry   = "token expired"
+)
+
+// idTokenAdvice says what to fix for an invalid_grant: the aud only when
+// the audience was refused, the job's timeout only when the token expired.
+func idTokenAdvice(description string) string {
+	var fix []string
+	if strings.Contains(description, failedAudience) {
+		fix = append(fix, "check that its aud (id_tokens: … aud:) is the daemon's audience")
+	}
+	if strings.Contains(description, failedExpiry) {
+		fix = append(fix, "the job has outlived it (an ID token lives as long as the job's timeout)")
+	}
+	if len(fix) == 0 {
+		return "the job's ID token was refused; the daemon's log has the detail under the request id"
+	}
+	return "the job's ID token was refused: " + strings.Join(fix, "; and ")
+}
+
 func advice(e *client.Error) string {
 	switch {
-	case e.Code == "invalid_grant" && strings.Contains(strings.ToLower(e.Description), "aud"):
-		// Only where the audience was the problem.
-		return "the job's ID token was refused: check that its aud (id_tokens: … aud:) is the daemon's audience"
-	case e.Code == "invalid_grant" && strings.Contains(strings.ToLower(e.Description), "expired"):
-		return "the job's ID token was refused: the job has outlived it (an ID token lives as long as the job's timeout)"
 	case e.Code == "invalid_grant":
-		return "the job's ID token was refused; the daemon's log has the detail under the request id"
+		return idTokenAdvice(e.Description)
 	case e.Code == "invalid_target":
 		return "the trust policy does not grant this job that resource: ask the gltoken administrator for a rule (exchanged explain shows which check failed)"
 	case e.Code == "invalid_scope":

@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"gltoken.dev/gltoken/internal/client"
 	"gltoken.dev/gltoken/internal/fingerprint"
+	"gltoken.dev/gltoken/internal/idtoken"
 )
 
 const (
@@ -205,6 +207,42 @@ func TestGetIDTokenFile(t *testing.T) {
 	}
 }
 
+// TestIDTokenAdvice: the aud advice only where the daemon says the audience
+// was refused, the timeout advice only where the token expired, both when
+// both failed. The descriptions are the daemon's: "the ID token was
+// refused: " and the verifier's error, whose check names are idtoken's.
+func TestIDTokenAdvice(t *testing.T) {
+	refused := func(checks ...error) string {
+		names := make([]string, len(checks))
+		for i, c := range checks {
+			names[i] = c.Error()
+		}
+		return "the ID token was refused: " + strings.Join(names, ", ") + ": detail"
+	}
+	const aud = "check that its aud (id_tokens: … aud:) is the daemon's audience"
+	const outlived = "the job has outlived it (an ID token lives as long as the job's timeout)"
+	const logs = "the job's ID token was refused; the daemon's log has the detail under the request id"
+	tests := []struct {
+		name, description, want string
+	}{
+		{"audience", refused(idtoken.ErrAudience), "the job's ID token was refused: " + aud},
+		{"expired", refused(idtoken.ErrExpired), "the job's ID token was refused: " + outlived},
+		{"both", refused(idtoken.ErrAudience, idtoken.ErrExpired), "the job's ID token was refused: " + aud + "; and " + outlived},
+		{"issuer that contains aud", `the ID token was refused: ` + idtoken.ErrIssuer.Error() + `: iss "https://gitlab.audit.example", want "https://gitlab.example.com"`, logs},
+		{"signature", refused(idtoken.ErrSignature), logs},
+		{"not yet valid", refused(idtoken.ErrNotYetValid), logs},
+		{"job no longer running", `the ID token's job 12 is no longer running (GitLab says success), and rule "audited" requires a running job`, logs},
+		{"too short a life", "the credential would live only 5s (the ID token expires in 5s); at least 10s is needed", logs},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := advice(&client.Error{Status: 400, Code: "invalid_grant", Description: tt.description}); got != tt.want {
+				t.Errorf("advice = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
 func TestGetFailures(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -227,8 +265,8 @@ func TestGetFailures(t *testing.T) {
 			name:       "expired ID token",
 			env:        map[string]string{"GLTOKEN_ID_TOKEN": testIDToken},
 			stdin:      getInput,
-			answer:     deny(400, "invalid_grant", "ID token expired", ""),
-			wantStderr: "gltoken: no credential for https://gitlab.example.com/platform/lib.git: ID token expired; the job's ID token was refused: the job has outlived it (an ID token lives as long as the job's timeout)\n",
+			answer:     deny(400, "invalid_grant", "the ID token was refused: token expired: exp 2026-12-02T10:00:00Z is before now 2026-12-02T10:05:00Z (leeway 1m0s)", ""),
+			wantStderr: "gltoken: no credential for https://gitlab.example.com/platform/lib.git: the ID token was refused: token expired: exp 2026-12-02T10:00:00Z is before now 2026-12-02T10:05:00Z (leeway 1m0s); the job's ID token was refused: the job has outlived it (an ID token lives as long as the job's timeout)\n",
 			wantCalls:  1,
 		},
 		{
