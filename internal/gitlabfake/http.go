@@ -1,6 +1,7 @@
 package gitlabfake
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,7 +18,11 @@ import (
 type Request struct {
 	Method string
 	Path   string // escaped path, without the query
-	Status int    // -1 when a LoseResponse fault dropped the connection
+	// Route is the API route that answered, as the stand-in declares it:
+	// "GET /api/v4/projects/:id" ("" for git, the registry, and anything the
+	// stand-in does not know).
+	Route  string
+	Status int // -1 when a LoseResponse fault dropped the connection
 	Time   time.Time
 	// UserID and TokenID name the user and the personal, project or group
 	// access token an API request was authenticated with (0: none, or not
@@ -32,6 +37,25 @@ func (s *Server) Requests() []Request {
 	defer s.mu.Unlock()
 	return append([]Request(nil), s.requests...)
 }
+
+// Calls counts the API requests answered since the first n of Requests, by
+// Route: what a piece of work cost in GitLab API calls (len(Requests())
+// before it is n).
+func (s *Server) Calls(n int) map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, r := range s.requests[min(n, len(s.requests)):] {
+		if r.Route != "" {
+			out[r.Route]++
+		}
+	}
+	return out
+}
+
+// routeKey holds, in a request's context, where the router notes the route
+// that answered it.
+type routeKey struct{}
 
 type statusWriter struct {
 	http.ResponseWriter
@@ -67,13 +91,15 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w}
 		start := s.now()
 		var userID, tokenID int64
+		matched := new(string)
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, matched))
 		defer func() {
 			status := sw.status
 			if status == 0 {
 				status = http.StatusOK
 			}
 			s.mu.Lock()
-			s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.EscapedPath(), Status: status, Time: start,
+			s.requests = append(s.requests, Request{Method: r.Method, Path: r.URL.EscapedPath(), Route: *matched, Status: status, Time: start,
 				UserID: userID, TokenID: tokenID})
 			s.mu.Unlock()
 			if s.opts.Logf != nil {
@@ -153,6 +179,7 @@ func writeFault(w http.ResponseWriter, f *Fault) {
 // route is one "METHOD /api/v4/projects/:id/..." pattern matched on the escaped path.
 type route struct {
 	method  string
+	pattern string
 	parts   []string
 	handler func(w http.ResponseWriter, r *http.Request, p params)
 }
@@ -163,10 +190,10 @@ type params map[string]string
 type router struct{ routes []route }
 
 func (rt *router) handle(method, pattern string, h func(http.ResponseWriter, *http.Request, params)) {
-	rt.routes = append(rt.routes, route{method: method, parts: strings.Split(strings.Trim(pattern, "/"), "/"), handler: h})
+	rt.routes = append(rt.routes, route{method: method, pattern: pattern, parts: strings.Split(strings.Trim(pattern, "/"), "/"), handler: h})
 }
 
-func (rt *router) match(r *http.Request) (func(http.ResponseWriter, *http.Request, params), params, bool) {
+func (rt *router) match(r *http.Request) (*route, params, bool) {
 	segs := strings.Split(strings.Trim(r.URL.EscapedPath(), "/"), "/")
 	for _, rtt := range rt.routes {
 		if len(rtt.parts) != len(segs) {
@@ -191,7 +218,7 @@ func (rt *router) match(r *http.Request) (func(http.ResponseWriter, *http.Reques
 			continue
 		}
 		if rtt.method == r.Method || (rtt.method == http.MethodGet && r.Method == http.MethodHead) {
-			return rtt.handler, p, true
+			return &rtt, p, true
 		}
 	}
 	return nil, nil, false
@@ -246,12 +273,15 @@ func (s *Server) routes() http.Handler {
 		if s.serveGit(w, r) {
 			return
 		}
-		h, p, ok := rt.match(r)
+		rtt, p, ok := rt.match(r)
 		if !ok {
 			writeMessage(w, http.StatusNotImplemented, fmt.Sprintf("stand-in: route not implemented: %s %s", r.Method, r.URL.EscapedPath()))
 			return
 		}
-		h(w, r, p)
+		if matched, ok := r.Context().Value(routeKey{}).(*string); ok {
+			*matched = rtt.method + " " + rtt.pattern
+		}
+		rtt.handler(w, r, p)
 	})
 }
 
