@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/periodic"
 )
 
 // Job-end revocation: a credential is revoked when no running job holds it
@@ -187,18 +188,11 @@ func (w *JobWatch) Run(ctx context.Context) {
 	if w.jobs == nil {
 		return
 	}
-	t := time.NewTicker(w.cfg.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Run(ctx, w.cfg.Interval, func(ctx context.Context) {
 		if _, err := w.PollOnce(ctx); err != nil && ctx.Err() == nil {
 			w.cfg.Logger.Error("job poll failed", "error", err)
 		}
-	}
+	})
 }
 
 // PollOnce asks GitLab about each job that holds a live credential and was

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/ledger"
+	"gltoken.dev/gltoken/internal/periodic"
 )
 
 // FamilyRevoker is implemented by minters that can end a token's whole
@@ -123,18 +124,11 @@ func NewSweeper(cfg SweeperConfig, store ledger.Store, lister ManagedLister, m M
 
 // Run sweeps every interval until ctx ends (the first pass after one interval).
 func (s *Sweeper) Run(ctx context.Context) {
-	t := time.NewTicker(s.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Run(ctx, s.interval, func(ctx context.Context) {
 		if n, err := s.SweepOnce(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("escape sweep incomplete", "revoked", n, "error", err)
 		}
-	}
+	})
 }
 
 // SweepOnce sweeps every owner once and reports how many escaped tokens it
