@@ -36,7 +36,7 @@ type Config struct {
 	Store      Store    `yaml:"store"`
 	MaxTTL     Duration `yaml:"max_ttl"`
 
-	// Extensions, all optional (see contrib/exchanged.yaml).
+	// Extensions, all optional (docs/reference.md lists every key).
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error (default info)
 	ReaperInterval Duration `yaml:"reaper_interval"` // default 10s
 	// SweepInterval: how often the owners minted on are listed for tokens

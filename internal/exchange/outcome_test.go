@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -215,4 +216,47 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+// TestOutcomesDocumented: docs/reference.md's two outcome tables list
+// exactly the set, in its order.
+func TestOutcomesDocumented(t *testing.T) {
+	b, err := os.ReadFile("../../docs/reference.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, tt := range []struct {
+		heading string
+		set     []Outcome
+	}{
+		{"Exchange outcomes", ExchangeOutcomes()},
+		{"Revocation outcomes", RevocationOutcomes()},
+	} {
+		_, rest, ok := strings.Cut(doc, "\n"+tt.heading)
+		if !ok {
+			t.Fatalf("docs/reference.md has no %q table", tt.heading)
+		}
+		var documented []string
+		inTable := false
+		for _, line := range strings.Split(rest, "\n") {
+			if !strings.HasPrefix(line, "|") {
+				if inTable {
+					break // the table's end
+				}
+				continue
+			}
+			inTable = true
+			if m := regexp.MustCompile("^\\| `([a-z_]+)` \\|").FindStringSubmatch(line); m != nil {
+				documented = append(documented, m[1])
+			}
+		}
+		var want []string
+		for _, o := range tt.set {
+			want = append(want, o.String())
+		}
+		if !slices.Equal(documented, want) {
+			t.Errorf("docs/reference.md's %s are %v; the code's are %v", tt.heading, documented, want)
+		}
+	}
 }

@@ -1,8 +1,9 @@
 // Package policy provides gltoken's trust policy: which GitLab CI/CD jobs,
 // identified by the claims of their verified ID token, may obtain which access
-// to which repositories. Load (or Parse) reads the YAML policy that contrib/policy.yaml
-// documents and rejects, with every problem and its line, anything ambiguous; Evaluate
-// decides a Request deterministically, deny by default, and explains itself.
+// to which repositories. Load (or Parse) reads the YAML policy of docs/reference.md
+// (contrib/policy.yaml is a commented example) and rejects, with every problem and
+// its line, anything ambiguous; Evaluate decides a Request deterministically, deny
+// by default, and explains itself.
 //
 // Matching rules:
 //   - Rules are tried in file order; the first rule whose match accepts the
