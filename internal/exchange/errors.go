@@ -9,12 +9,15 @@ import (
 // each to its status in one place.
 const (
 	CodeInvalidRequest = "invalid_request"
-	CodeInvalidGrant   = "invalid_grant"
-	CodeInvalidTarget  = "invalid_target"
-	CodeInvalidScope   = "invalid_scope"
-	CodeUnavailable    = "temporarily_unavailable"
-	CodeRateLimited    = "rate_limited" // sent as HTTP 429 with Retry-After
-	CodeServerError    = "server_error"
+	// CodeUnsupportedGrantType: a grant other than token exchange (the HTTP
+	// layer refuses it before the service is asked).
+	CodeUnsupportedGrantType = "unsupported_grant_type"
+	CodeInvalidGrant         = "invalid_grant"
+	CodeInvalidTarget        = "invalid_target"
+	CodeInvalidScope         = "invalid_scope"
+	CodeUnavailable          = "temporarily_unavailable"
+	CodeRateLimited          = "rate_limited" // sent as HTTP 429 with Retry-After
+	CodeServerError          = "server_error"
 )
 
 // Error is what Exchange and Revoke return: a code and a description that are

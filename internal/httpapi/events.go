@@ -43,7 +43,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		secret = a.WebhookSecret()
 	}
 	if a.Events == nil || secret == "" {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "GitLab events are not enabled on this daemon (set gitlab.webhook_secret_file)"})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": codeNotFound, "error_description": "GitLab events are not enabled on this daemon (set gitlab.webhook_secret_file)"})
 		return
 	}
 	got := sha256.Sum256([]byte(r.Header.Get("X-Gitlab-Token")))
@@ -66,7 +66,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "Content-Type must be application/json"})
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": exchange.CodeInvalidRequest, "error_description": "Content-Type must be application/json"})
 		return
 	}
 	var ev jobHook
@@ -77,7 +77,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &mbe) {
 			msg = "body larger than " + strconv.Itoa(maxEventBytes) + " bytes"
 		}
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": msg})
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": exchange.CodeInvalidRequest, "error_description": msg})
 		return
 	}
 	if ev.ObjectKind != "build" {
@@ -86,7 +86,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ev.BuildID <= 0 || ev.ProjectID <= 0 || ev.BuildStatus == "" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "a job event needs build_id, project_id and build_status"})
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": exchange.CodeInvalidRequest, "error_description": "a job event needs build_id, project_id and build_status"})
 		return
 	}
 	// The event is acted on even if GitLab hangs up: its end was announced.
@@ -97,7 +97,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// The poll takes the job up; GitLab's hook log shows the failure.
 		a.Logger.Error("GitLab job event not handled", "request_id", requestID(r), "job_id", ev.BuildID, "status", truncate(ev.BuildStatus, 40), "error", err)
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "the event could not be handled; the daemon's log has the details", "request_id": requestID(r)})
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": exchange.CodeServerError, "error_description": "the event could not be handled; the daemon's log has the details", "request_id": requestID(r)})
 		return
 	}
 	w.WriteHeader(http.StatusOK)

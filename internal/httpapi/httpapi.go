@@ -133,7 +133,7 @@ func Handler(o Options) http.Handler {
 	for _, p := range []string{"/v1/token", "/v1/revoke", "/v1/gitlab/events"} {
 		mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", http.MethodPost)
-			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": p + " takes POST"})
+			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": exchange.CodeInvalidRequest, "error_description": p + " takes POST"})
 		})
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -148,10 +148,13 @@ func Handler(o Options) http.Handler {
 		if a.Guard != nil {
 			a.Guard.Failed(peerOf(r))
 		}
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "no such endpoint: " + r.Method + " " + r.URL.Path})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": codeNotFound, "error_description": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})
 	return a.withRequestID(mux)
 }
+
+// codeNotFound answers a path the API does not have (not an RFC 6749 code).
+const codeNotFound = "not_found"
 
 type ctxKey int
 
@@ -213,7 +216,7 @@ func (a *api) token(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, g, invalidRequest("grant_type is required (%s)", grantTypeTokenExchange))
 			return
 		}
-		a.fail(w, r, g, &exchange.Error{Code: "unsupported_grant_type", Description: "only " + grantTypeTokenExchange + " is supported"})
+		a.fail(w, r, g, &exchange.Error{Code: exchange.CodeUnsupportedGrantType, Description: "only " + grantTypeTokenExchange + " is supported"})
 		return
 	}
 	switch form.Get("subject_token_type") {
@@ -313,7 +316,7 @@ func (a *api) guarded(peer string) guardState {
 // verification are keyed by what its token proves.
 func countsAsFailure(code string) bool {
 	switch code {
-	case exchange.CodeInvalidRequest, "unsupported_grant_type", exchange.CodeInvalidGrant:
+	case exchange.CodeInvalidRequest, exchange.CodeUnsupportedGrantType, exchange.CodeInvalidGrant:
 		return true
 	}
 	return false
@@ -396,7 +399,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	code := e.Code
 	switch e.Code {
 	case exchange.CodeRateLimited:
-		status, code = http.StatusTooManyRequests, "temporarily_unavailable"
+		status, code = http.StatusTooManyRequests, exchange.CodeUnavailable
 	case exchange.CodeUnavailable:
 		status = http.StatusServiceUnavailable
 	case exchange.CodeServerError:
