@@ -132,7 +132,7 @@ func TestRegistryLoginThroughDockerHelper(t *testing.T) {
 			dt = append(dt, tok.Kind+" "+strings.Join(tok.Scopes, ","))
 		}
 	}
-	if len(dt) != 1 || dt[0] != "deploy_project read_registry" {
+	if len(dt) != 1 || dt[0] != gitlabfake.KindDeployProject+" read_registry" {
 		t.Fatalf("minted %v, want one read_registry project deploy token", dt)
 	}
 

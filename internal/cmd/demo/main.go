@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"gltoken.dev/gltoken/internal/gitlabfake"
+	"gltoken.dev/gltoken/internal/syncbuf"
 )
 
 const audience = "https://gltoken.example.com"
@@ -298,7 +299,7 @@ func orDash(v any) any {
 }
 
 // startDaemon writes exchanged.yaml next to the example policy and runs it.
-func (d *demo) startDaemon(ctx context.Context, root, botToken string) (stop func(), logs *bytes.Buffer, err error) {
+func (d *demo) startDaemon(ctx context.Context, root, botToken string) (stop func(), logs *syncbuf.Buffer, err error) {
 	pol, err := os.ReadFile(filepath.Join(root, "contrib", "policy.yaml"))
 	if err != nil {
 		return nil, nil, err
@@ -320,7 +321,7 @@ max_ttl: 12h
 			return nil, nil, err
 		}
 	}
-	logs = &bytes.Buffer{}
+	logs = &syncbuf.Buffer{} // exec writes the daemon's output while the demo reads it
 	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "exchanged"), "serve", "--config", filepath.Join(d.dir, "exchanged.yaml"))
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
