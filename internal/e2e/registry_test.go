@@ -247,7 +247,7 @@ func TestRegistryImagesOfTwoProjectsInOneJob(t *testing.T) {
 	for _, tok := range w.liveMinted() {
 		minted = append(minted, tok.Kind+" "+tok.OwnerPath+" "+strings.Join(tok.Scopes, ","))
 	}
-	if len(minted) != 1 || minted[0] != "deploy_group platform/tools read_registry" {
+	if len(minted) != 1 || minted[0] != gitlabfake.KindDeployGroup+" platform/tools read_registry" {
 		t.Fatalf("minted %v, want one read_registry group deploy token on platform/tools", minted)
 	}
 
