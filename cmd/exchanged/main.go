@@ -89,6 +89,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) int {
 		return 1
 	}
 	log := daemon.NewLogger(stderr, cfg.LogLevel)
+	defer profiling(stderr)()
 	d, err := daemon.Build(ctx, cfg, version, log)
 	if err == nil {
 		err = d.Run(ctx)

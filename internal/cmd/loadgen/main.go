@@ -21,6 +21,11 @@
 //     its database before it starts) and the 10,000+ live credentials it
 //     minted and caches.
 //
+// With -pprof DIR, exchanged is built with -tags gltoken_pprof and the
+// quota-lifted daemon's profiles are written into DIR: mint-cpu.pprof,
+// mint-block.pprof and mint-mutex.pprof over the mint-latency phase, and
+// heap.pprof (after a GC) when its memory is read.
+//
 // It then times `git credential fill` through git-credential-gltoken next to
 // a static helper. It prints its figures; it asserts nothing. `make bench`
 // runs it.
@@ -64,8 +69,9 @@ func main() {
 	mints := flag.Int("mints", 10_000, "distinct-job mints in the mint-latency phase")
 	rows := flag.Int("rows", 100_000, "ledger rows seeded before the memory figure")
 	fills := flag.Int("fills", 40, "git credential fill runs per helper")
+	profDir := flag.String("pprof", "", "write the quota-lifted daemon's profiles into this directory (builds exchanged with -tags gltoken_pprof)")
 	flag.Parse()
-	if err := run(*requests, *duration, *workers, *mints, *rows, *fills); err != nil {
+	if err := run(*requests, *duration, *workers, *mints, *rows, *fills, *profDir); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
@@ -85,6 +91,7 @@ type daemon struct {
 	logs *syncbuf.Buffer // the daemon's output, written by exec's copier while loadgen reads it
 	sock string
 	hc   *http.Client
+	prof *http.Client // the profiling socket (-pprof), or nil
 }
 
 func (d *daemon) stop() { _ = d.cmd.Process.Signal(syscall.SIGTERM); _ = d.cmd.Wait() }
@@ -93,7 +100,7 @@ func (d *daemon) stop() { _ = d.cmd.Process.Signal(syscall.SIGTERM); _ = d.cmd.W
 // audience, policy and store lines are added here) in its own directory.
 // start runs exchanged in dir; extra is appended to its configuration and
 // gitlabExtra to its gitlab section (", key: value" pairs).
-func start(bin, dir, glURL, botToken, gitlabExtra, extra string, clients int) (*daemon, error) {
+func start(bin, dir, glURL, botToken, gitlabExtra, extra string, clients int, profile bool) (*daemon, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -113,6 +120,11 @@ func start(bin, dir, glURL, botToken, gitlabExtra, extra string, clients int) (*
 	d.cmd = exec.Command(filepath.Join(bin, "exchanged"), "serve", "--config", filepath.Join(dir, "exchanged.yaml"))
 	// gctrace only writes to stderr; it changes nothing the daemon does.
 	d.cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	if profile {
+		psock := filepath.Join(sockDir, "pprof.sock")
+		d.cmd.Env = append(d.cmd.Env, "GLTOKEN_PPROF_SOCKET="+psock)
+		d.prof = unixClient(psock, 1)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
@@ -124,6 +136,31 @@ func start(bin, dir, glURL, botToken, gitlabExtra, extra string, clients int) (*
 	return d, nil
 }
 
+// profile calls route on the daemon's profiling socket and writes the answer
+// to file (none: discarded); without -pprof it does nothing.
+func (d *daemon) profile(method, route, file string) error {
+	if d.prof == nil {
+		return nil
+	}
+	req, err := http.NewRequest(method, "http://pprof"+route, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := d.prof.Do(req)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", route, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		return fmt.Errorf("profile %s: %d %v %s", route, resp.StatusCode, err, b)
+	}
+	if file == "" {
+		return nil
+	}
+	return os.WriteFile(file, b, 0o644)
+}
+
 func unixClient(sock string, clients int) *http.Client {
 	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: clients * 2,
@@ -132,7 +169,7 @@ func unixClient(sock string, clients int) *http.Client {
 		}}}
 }
 
-func run(requests int, duration time.Duration, workers, mints, rows, fills int) error {
+func run(requests int, duration time.Duration, workers, mints, rows, fills int, profDir string) error {
 	dir, err := os.MkdirTemp("", "gltoken-load-")
 	if err != nil {
 		return err
@@ -143,7 +180,14 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 		return fmt.Errorf("run from the repository: %w", err)
 	}
 	bin := filepath.Join(dir, "bin")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin+"/", "./cmd/exchanged", "./cmd/git-credential-gltoken")
+	args := []string{"build", "-trimpath", "-o", bin + "/"}
+	if profDir != "" {
+		if err := os.MkdirAll(profDir, 0o755); err != nil {
+			return err
+		}
+		args = append(args, "-tags", "gltoken_pprof")
+	}
+	build := exec.Command("go", append(args, "./cmd/exchanged", "./cmd/git-credential-gltoken")...)
 	build.Dir, build.Stderr = strings.TrimSpace(string(root)), os.Stderr
 	if err := build.Run(); err != nil {
 		return err
@@ -174,7 +218,7 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 	repo := func(p string) string { return gl.URL() + "/" + p + ".git" }
 
 	// 1. The default configuration: nothing but what the daemon needs.
-	def, err := start(bin, filepath.Join(dir, "default"), gl.URL(), botToken, "", "", 500)
+	def, err := start(bin, filepath.Join(dir, "default"), gl.URL(), botToken, "", "", 500, false)
 	if err != nil {
 		return err
 	}
@@ -226,7 +270,7 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 	// The lifted daemon's GitLab API budget is lifted too (the stand-in's
 	// own limit is lifted for these phases): they measure the daemon.
 	lifted, err := start(bin, liftDir, gl.URL(), botToken, ", api_budget_per_minute: 100000000",
-		"rate_limit: {per_second: 1000000, burst: 1000000, mints_per_job: 1000000, mints_per_project: 100000000}\n", workers)
+		"rate_limit: {per_second: 1000000, burst: 1000000, mints_per_job: 1000000, mints_per_project: 100000000}\n", workers, profDir != "")
 	if err != nil {
 		return err
 	}
@@ -257,8 +301,20 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 	for _, t := range jobs(mints) {
 		reqs = append(reqs, request{t, repo("platform/lib2"), "read_repository"})
 	}
+	if err := lifted.profile("POST", "/cpu/start", ""); err != nil {
+		return err
+	}
 	gc0, cpu0, self0 := gcLines(lifted.logs), procCPU(lifted.cmd.Process.Pid), selfCPU()
 	m := drive(lifted.hc, reqs, workers, 3*time.Minute)
+	for route, file := range map[string]string{"/cpu/stop": "mint-cpu.pprof", "/debug/pprof/block": "mint-block.pprof", "/debug/pprof/mutex": "mint-mutex.pprof"} {
+		method := "GET"
+		if route == "/cpu/stop" {
+			method = "POST"
+		}
+		if err := lifted.profile(method, route, filepath.Join(profDir, file)); err != nil {
+			return err
+		}
+	}
 	gcs, pause := gcSince(lifted.logs, gc0)
 	dcpu, scpu := procCPU(lifted.cmd.Process.Pid)-cpu0, selfCPU()-self0
 	m.print(fmt.Sprintf("mint latency: %d distinct-job mints", mints))
@@ -268,6 +324,9 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int) 
 	fmt.Printf("    CPU in %.1fs wall: exchanged %.1fs (%.2f ms a mint), loadgen+stand-in %.1fs, of 2 cores = %.1fs; daemon GCs %d, stop-the-world %s in all\n",
 		m.wall.Seconds(), dcpu.Seconds(), dcpu.Seconds()*1000/float64(len(m.lat)), scpu.Seconds(), 2*m.wall.Seconds(), gcs, pause.Round(10*time.Microsecond))
 	rss, hwm := procMem(lifted.cmd.Process.Pid)
+	if err := lifted.profile("GET", "/debug/pprof/heap?gc=1", filepath.Join(profDir, "heap.pprof")); err != nil {
+		return err
+	}
 	fmt.Printf("  daemon memory (exchanged process, /proc/%d/status) with %d ledger rows + %d live credentials: VmRSS %s, VmHWM %s (target <= 64 MiB)\n",
 		lifted.cmd.Process.Pid, rows, len(m.lat)+len(distinct.lat)+1, rss, hwm)
 
