@@ -67,21 +67,26 @@ func (s *Store) AddHolder(ctx context.Context, h ledger.Holder) error {
 		if err != nil {
 			return err
 		}
-		var holders, holding, mine, mineHolding int
-		err = tx.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE released_at IS NULL),
-				count(*) FILTER (WHERE job_id = $2), count(*) FILTER (WHERE job_id = $2 AND released_at IS NULL)
-			FROM ledger_holders WHERE ledger_id = $1`, h.LedgerID, h.JobID).Scan(&holders, &holding, &mine, &mineHolding)
+		// Existence probes, never counts: a shared credential can have
+		// thousands of holders, and this runs on every hand-out of it.
+		var holders, holding bool
+		var mine *bool // nil: the job never held it; else whether it still does
+		err = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ledger_holders WHERE ledger_id = $1),
+				EXISTS (SELECT 1 FROM ledger_holders WHERE ledger_id = $1 AND released_at IS NULL),
+				(SELECT released_at IS NULL FROM ledger_holders WHERE ledger_id = $1 AND job_id = $2)`,
+			h.LedgerID, h.JobID).Scan(&holders, &holding, &mine)
 		if err != nil {
 			return err
 		}
+		mineHolding := mine != nil && *mine
 		switch {
-		case mineHolding > 0:
+		case mineHolding:
 			return nil
 		case state != string(ledger.Pending) && state != string(ledger.Active):
 			return fmt.Errorf("%w (it is %s)", ledger.ErrConflict, state)
-		case mine > 0:
+		case mine != nil:
 			return fmt.Errorf("%w (the job let go of it)", ledger.ErrConflict)
-		case holders > 0 && holding == 0 && !ledger.IsSlotID(h.LedgerID):
+		case holders && !holding && !ledger.IsSlotID(h.LedgerID):
 			// A pool slot stays when its jobs end (its secret rotates at
 			// its TTL): only other credentials are let go.
 			return fmt.Errorf("%w (every job that held it let go)", ledger.ErrConflict)

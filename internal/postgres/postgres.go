@@ -129,6 +129,9 @@ var migrations = []string{
 		sealed     bytea,
 		done_at    timestamptz
 	);`,
+	// 5: "does any job still hold it" (AddHolder, Reusable, ReleaseJob) is one
+	// index probe however many jobs once held the credential and let go.
+	`CREATE INDEX ledger_holders_holding ON ledger_holders (ledger_id) WHERE released_at IS NULL;`,
 }
 
 // migrate creates or upgrades the schema. Replicas starting together queue

@@ -69,34 +69,37 @@ func (s *Store) addHolder(ctx context.Context, h ledger.Holder) error {
 		return err
 	}
 	defer tx.Rollback()
+	// Existence probes, never counts: a shared credential can have
+	// thousands of holders, and this runs on every hand-out of it. Each
+	// probe stops at its first index entry (the primary key, and for
+	// "anyone still holds it" ledger_holders_holding).
 	var (
-		state       string
-		holders     int
-		holding     int
-		mine        int
-		mineHolding int
+		state   string
+		holders bool
+		holding bool
+		mine    sql.NullBool // NULL: the job never held it; else whether it still does
 	)
 	err = tx.QueryRowContext(ctx, `SELECT r.state,
-			(SELECT count(*) FROM ledger_holders h WHERE h.ledger_id = r.id),
-			(SELECT count(*) FROM ledger_holders h WHERE h.ledger_id = r.id AND h.released_at IS NULL),
-			(SELECT count(*) FROM ledger_holders h WHERE h.ledger_id = r.id AND h.job_id = ?),
-			(SELECT count(*) FROM ledger_holders h WHERE h.ledger_id = r.id AND h.job_id = ? AND h.released_at IS NULL)
-		FROM ledger_records r WHERE r.id = ?`, h.JobID, h.JobID, h.LedgerID).
-		Scan(&state, &holders, &holding, &mine, &mineHolding)
+			EXISTS (SELECT 1 FROM ledger_holders h WHERE h.ledger_id = r.id),
+			EXISTS (SELECT 1 FROM ledger_holders h WHERE h.ledger_id = r.id AND h.released_at IS NULL),
+			(SELECT h.released_at IS NULL FROM ledger_holders h WHERE h.ledger_id = r.id AND h.job_id = ?)
+		FROM ledger_records r WHERE r.id = ?`, h.JobID, h.LedgerID).
+		Scan(&state, &holders, &holding, &mine)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ledger.ErrNotFound
 	}
 	if err != nil {
 		return err
 	}
+	mineHolding := mine.Valid && mine.Bool
 	switch {
-	case mineHolding > 0:
+	case mineHolding:
 		return nil
 	case state != string(ledger.Pending) && state != string(ledger.Active):
 		return fmt.Errorf("%w (it is %s)", ledger.ErrConflict, state)
-	case mine > 0:
+	case mine.Valid:
 		return fmt.Errorf("%w (the job let go of it)", ledger.ErrConflict)
-	case holders > 0 && holding == 0 && !ledger.IsSlotID(h.LedgerID):
+	case holders && !holding && !ledger.IsSlotID(h.LedgerID):
 		// A pool slot stays when its jobs end (its secret rotates at its
 		// TTL): only other credentials are let go.
 		return fmt.Errorf("%w (every job that held it let go)", ledger.ErrConflict)

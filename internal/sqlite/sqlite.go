@@ -197,6 +197,9 @@ var migrations = []string{
 		sealed     BLOB,
 		done_at    INTEGER
 	) STRICT;`,
+	// 5: "does any job still hold it" (AddHolder, Reusable, ReleaseJob) is one
+	// index probe however many jobs once held the credential and let go.
+	`CREATE INDEX ledger_holders_holding ON ledger_holders (ledger_id) WHERE released_at IS NULL;`,
 }
 
 // migrate checks the connection's durability settings and brings the schema
