@@ -273,6 +273,32 @@ func TestReaperRevokesAtTheTTL(t *testing.T) {
 	}
 }
 
+// TestScheduleWakesOnlyForEarlier: a mint due after the reaper's planned
+// look does not wake it (that look finds it), so a busy daemon's mints do
+// not each cost a pass over the ledger; one due before it does.
+func TestScheduleWakesOnlyForEarlier(t *testing.T) {
+	f := newLifeFixture(t)
+	f.mu.Lock()
+	f.real = true
+	f.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := exchange.NewReaper(exchange.ReaperConfig{Interval: time.Hour, Now: f.clock, Observer: f.obs}, f.store, f.c, nil)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// Until its first pass is over the reaper is woken; then it sleeps
+	// for its interval (nothing is due) and a later time leaves it asleep.
+	for deadline := time.Now().Add(30 * time.Second); r.Schedule(time.Now().Add(2 * time.Hour)); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Schedule of a time after the planned look still wakes the reaper")
+		}
+	}
+	if !r.Schedule(time.Now().Add(time.Minute)) {
+		t.Fatal("Schedule of a time before the planned look did not wake the reaper")
+	}
+}
+
 // BenchmarkRevocationLag (issue 9.8): 2,000 deploy-token credentials minted
 // through the GitLab adapter against the stand-in, all expiring at one
 // instant; a reaper with the shipped defaults (10s interval, 8 workers)

@@ -31,6 +31,11 @@ type Reaper struct {
 	workers   int
 	wake      chan struct{}
 	pool      *Pool
+
+	// planned is when Run next looks at the ledger; zero while it is not
+	// asleep (a pass, and the look at NextDue after it).
+	mu      sync.Mutex
+	planned time.Time
 }
 
 // ReaperConfig configures NewReaper.
@@ -103,6 +108,7 @@ func (r *Reaper) Run(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		r.setPlanned(time.Time{})
 		if _, err := r.RunOnce(ctx); err != nil && ctx.Err() == nil {
 			r.log.Error("reaper pass failed", "error", err)
 		}
@@ -111,6 +117,7 @@ func (r *Reaper) Run(ctx context.Context) {
 			// A little after it, so that the record is due by the store's clock.
 			wait = min(wait, max(next.Sub(r.now())+time.Millisecond, time.Millisecond))
 		}
+		r.setPlanned(r.now().Add(wait))
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
@@ -124,13 +131,30 @@ func (r *Reaper) Run(ctx context.Context) {
 	}
 }
 
+func (r *Reaper) setPlanned(t time.Time) {
+	r.mu.Lock()
+	r.planned = t
+	r.mu.Unlock()
+}
+
 // Schedule tells a running reaper that a record is due at at (a credential
-// just minted): it looks again then if that is earlier than it planned.
-func (r *Reaper) Schedule(at time.Time) {
+// just minted): it looks again then if that is earlier than it planned, and
+// reports whether it woke it. A credential due after the planned look
+// changes nothing (that look finds it through NextDue), so a busy daemon's
+// mints do not each cost a pass over the ledger. While the reaper is not
+// asleep, it is woken: its look at NextDue may have come before the record.
+func (r *Reaper) Schedule(at time.Time) bool {
+	r.mu.Lock()
+	planned := r.planned
+	r.mu.Unlock()
+	if !planned.IsZero() && !at.Before(planned) {
+		return false
+	}
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // RunOnce claims and settles due records until none are left; it returns

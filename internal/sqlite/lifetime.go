@@ -10,10 +10,11 @@ import (
 	"gltoken.dev/gltoken/internal/ledger"
 )
 
-// NextDue implements ledger.Store (the due index's first entry).
+// NextDue implements ledger.Store (the due index's first entry). The index
+// is named: left to itself, SQLite walks every live record by state.
 func (s *Store) NextDue(ctx context.Context) (time.Time, bool, error) {
 	var next sql.NullInt64
-	err := s.reader.QueryRowContext(ctx, `SELECT min(next_attempt_at) FROM ledger_records
+	err := s.reader.QueryRowContext(ctx, `SELECT min(next_attempt_at) FROM ledger_records INDEXED BY ledger_records_due
 		WHERE state IN ('pending', 'active')`).Scan(&next)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("sqlite: next due: %w", err)
