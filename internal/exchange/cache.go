@@ -1,6 +1,7 @@
 package exchange
 
 import (
+	"container/heap"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -24,6 +25,30 @@ type Cache struct {
 	byKey  map[string]cached          // key: cacheKey, or sharedEntryKey for a credential minted under a reuse key
 	bySHA  map[string]map[string]bool // secret fingerprint -> the keys caching it
 	shared map[string]map[string]bool // reuse key -> the keys of the credentials minted under it
+	// expiries holds one item per put (key, the expiry put under it), the
+	// soonest first, so that put drops what has expired without looking at
+	// every entry. An item whose key was forgotten or put again since is
+	// skipped when it comes up.
+	expiries expiryHeap
+}
+
+type expiry struct {
+	at  time.Time
+	key string
+}
+
+// expiryHeap is a container/heap of expiries, the soonest on top.
+type expiryHeap []expiry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 type cached struct {
@@ -104,26 +129,47 @@ func (c *Cache) getShared(reuse string, freshUntil, notAfter time.Time) (cached,
 func (c *Cache) put(key string, e cached, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k, old := range c.byKey { // the cache is small: one entry per live credential and job
-		if !old.cred.ExpiresAt.After(now) {
-			c.forgetLocked(k)
+	for len(c.expiries) > 0 && !c.expiries[0].at.After(now) {
+		x := heap.Pop(&c.expiries).(expiry)
+		if old, ok := c.byKey[x.key]; ok && !old.cred.ExpiresAt.After(now) {
+			c.forgetLocked(x.key)
 		}
 	}
+	if len(c.expiries) > 64 && len(c.expiries) > 4*len(c.byKey) {
+		c.compactLocked()
+	}
+	// An entry put again: its old secret no longer names the key.
+	c.forgetLocked(key)
+	shared := sharedEntryKey(e.ledgerID)
+	if e.reuse != "" {
+		c.forgetLocked(shared)
+	}
 	c.byKey[key] = e
+	heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, key})
 	sha := fingerprint.Of(e.cred.Secret)
 	if c.bySHA[sha] == nil {
 		c.bySHA[sha] = map[string]bool{}
 	}
 	c.bySHA[sha][key] = true
 	if e.reuse != "" {
-		shared := sharedEntryKey(e.ledgerID)
 		c.byKey[shared] = e
+		heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, shared})
 		c.bySHA[sha][shared] = true
 		if c.shared[e.reuse] == nil {
 			c.shared[e.reuse] = map[string]bool{}
 		}
 		c.shared[e.reuse][shared] = true
 	}
+}
+
+// compactLocked rebuilds expiries from the entries, when most of its items
+// are of entries forgotten before they expired (revocations, reloads).
+func (c *Cache) compactLocked() {
+	c.expiries = c.expiries[:0]
+	for k, e := range c.byKey {
+		c.expiries = append(c.expiries, expiry{e.cred.ExpiresAt, k})
+	}
+	heap.Init(&c.expiries)
 }
 
 // forgetSecret drops the credential whose secret has that fingerprint.
