@@ -3,6 +3,7 @@ package idtoken
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -133,5 +134,44 @@ func BenchmarkVerifyCached(b *testing.B) {
 		if _, err := v.Verify(b.Context(), raw); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPackedTokenRoundTrip: the cache's packed form gives back exactly the
+// verified token, a fresh copy each time, and tokens with the same claim
+// names share one interned name list.
+func TestPackedTokenRoundTrip(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	tokens := []*Token{
+		{Issuer: "https://gitlab.example.com", Subject: "project_path:platform/app:ref_type:branch:ref:main", ID: "jti-1",
+			Audience: []string{"https://gltoken.example.com", "other"}, IssuedAt: now, NotBefore: now, Expiry: now.Add(time.Hour),
+			Claims:     map[string]string{"iss": "https://gitlab.example.com", "project_path": "platform/app", "job_id": "42", "empty": ""},
+			ClaimLists: map[string][]string{"groups_direct": {"platform", "tools"}}, KeyID: "kid-1"},
+		{Issuer: "https://gitlab.example.com", Subject: "s", ID: "", IssuedAt: now, Expiry: now.Add(time.Minute),
+			Claims: map[string]string{"iss": "https://gitlab.example.com", "project_path": "platform/lib", "job_id": "43", "empty": "x"}},
+		{Claims: map[string]string{}},
+	}
+	c := newVerifiedCache(10)
+	var packed []packedToken
+	for _, tok := range tokens {
+		p := c.pack(tok)
+		packed = append(packed, p)
+		got := p.unpack()
+		if !reflect.DeepEqual(got, tok) {
+			t.Errorf("unpacked\n%+v\nwant\n%+v", got, tok)
+		}
+		got.Claims["project_path"] = "changed"
+		if p.unpack().Claims["project_path"] == "changed" {
+			t.Error("a change to an unpacked token reached the cache")
+		}
+		if got.ClaimLists != nil {
+			got.ClaimLists["groups_direct"][0] = "changed"
+			if p.unpack().ClaimLists["groups_direct"][0] == "changed" {
+				t.Error("a change to an unpacked token's lists reached the cache")
+			}
+		}
+	}
+	if &packed[0].names[0] != &packed[1].names[0] {
+		t.Error("two tokens with the same claim names keep two name lists")
 	}
 }
