@@ -69,21 +69,14 @@ func (s *Store) addHolder(ctx context.Context, h ledger.Holder) error {
 		return err
 	}
 	defer tx.Rollback()
-	// Existence probes, never counts: a shared credential can have
-	// thousands of holders, and this runs on every hand-out of it. Each
-	// probe stops at its first index entry (the primary key, and for
-	// "anyone still holds it" ledger_holders_holding).
+	// Index probes, never counts (see statements.holderCheck).
 	var (
 		state   string
 		holders bool
 		holding bool
 		mine    sql.NullBool // NULL: the job never held it; else whether it still does
 	)
-	err = tx.QueryRowContext(ctx, `SELECT r.state,
-			EXISTS (SELECT 1 FROM ledger_holders h WHERE h.ledger_id = r.id),
-			EXISTS (SELECT 1 FROM ledger_holders h WHERE h.ledger_id = r.id AND h.released_at IS NULL),
-			(SELECT h.released_at IS NULL FROM ledger_holders h WHERE h.ledger_id = r.id AND h.job_id = ?)
-		FROM ledger_records r WHERE r.id = ?`, h.JobID, h.LedgerID).
+	err = tx.StmtContext(ctx, s.stmts.holderCheck).QueryRowContext(ctx, h.JobID, h.LedgerID).
 		Scan(&state, &holders, &holding, &mine)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ledger.ErrNotFound
@@ -104,8 +97,7 @@ func (s *Store) addHolder(ctx context.Context, h ledger.Holder) error {
 		// TTL): only other credentials are let go.
 		return fmt.Errorf("%w (every job that held it let go)", ledger.ErrConflict)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_holders
-		(ledger_id, job_id, project_id, pipeline_id, token_expires_at, held_since) VALUES (?, ?, ?, ?, ?, ?)`,
+	if _, err := tx.StmtContext(ctx, s.stmts.holderInsert).ExecContext(ctx,
 		h.LedgerID, h.JobID, h.ProjectID, h.PipelineID, micros(h.TokenExpiresAt), micros(h.HeldSince)); err != nil {
 		return err
 	}

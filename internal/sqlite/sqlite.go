@@ -40,6 +40,7 @@ type Store struct {
 	path   string
 	writer *sql.DB // exactly one connection
 	reader *sql.DB // query_only connections
+	stmts  statements
 
 	closeOnce sync.Once
 	closeErr  error
@@ -81,6 +82,10 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	s.writer.SetConnMaxIdleTime(0)
 
 	if err := s.migrate(ctx); err != nil {
+		s.writer.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	if err := s.stmts.prepare(ctx, s.writer); err != nil {
 		s.writer.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
@@ -257,6 +262,7 @@ func (s *Store) Close() error {
 		if s.reader != nil {
 			errs = append(errs, s.reader.Close())
 		}
+		errs = append(errs, s.stmts.close())
 		errs = append(errs, s.writer.Close())
 		s.closeErr = errors.Join(errs...)
 	})
@@ -313,8 +319,7 @@ func (s *Store) CreateIntent(ctx context.Context, r ledger.Record) error {
 		return fmt.Errorf("sqlite: create intent %s: %w", r.ID, ledger.ErrExists)
 	}
 	if h, ok := ledger.FirstHolder(r); ok {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO ledger_holders
-			(ledger_id, job_id, project_id, pipeline_id, token_expires_at, held_since) VALUES (?, ?, ?, ?, ?, ?)`,
+		if _, err := tx.StmtContext(ctx, s.stmts.holderInsert).ExecContext(ctx,
 			h.LedgerID, h.JobID, h.ProjectID, h.PipelineID, micros(h.TokenExpiresAt), micros(h.HeldSince)); err != nil {
 			return fmt.Errorf("sqlite: create intent %s: first holder: %w", r.ID, err)
 		}
