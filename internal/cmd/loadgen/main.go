@@ -329,6 +329,7 @@ func run(requests int, duration time.Duration, workers, mints, rows, fills int, 
 	}
 	fmt.Printf("  daemon memory (exchanged process, /proc/%d/status) with %d ledger rows + %d live credentials: VmRSS %s, VmHWM %s (target <= 64 MiB)\n",
 		lifted.cmd.Process.Pid, rows, len(m.lat)+len(distinct.lat)+1, rss, hwm)
+	fmt.Printf("    of it: %s; Go heap at the last GC %s\n", procRollup(lifted.cmd.Process.Pid), lastHeap(lifted.logs))
 
 	return fillTimes(bin, dir, gl.URL(), lifted.sock, shared, fills)
 }
@@ -464,6 +465,54 @@ func procMem(pid int) (rss, hwm string) {
 		}
 	}
 	return rss, hwm
+}
+
+// procRollup is the anonymous and file-backed parts of a process's
+// resident memory (/proc/PID/smaps_rollup).
+func procRollup(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return "?"
+	}
+	var anon, file string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "Anonymous:":
+			anon = kib(f[1])
+		case "Rss:":
+			file = f[1]
+		}
+	}
+	var rss, a float64
+	_, _ = fmt.Sscan(file, &rss)
+	_, _ = fmt.Sscan(strings.TrimSuffix(anon, " MiB"), &a)
+	return fmt.Sprintf("anonymous %s, file-backed (the binary's pages) %.1f MiB", anon, rss/1024-a)
+}
+
+// lastHeap is the live heap and the goal of the daemon's last GC, from its
+// gctrace line ("… A->B->C MB, D MB goal …").
+func lastHeap(b *syncbuf.Buffer) string {
+	last := ""
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "gc ") && strings.Contains(l, "MB goal") {
+			last = l
+		}
+	}
+	f := strings.Split(last, ", ")
+	for i, part := range f {
+		if strings.HasSuffix(part, " MB goal") && i > 0 {
+			sizes := strings.Fields(f[i-1])
+			if len(sizes) > 0 {
+				arrow := strings.Split(sizes[0], "->")
+				return fmt.Sprintf("%s MB live, %s", arrow[len(arrow)-1], part)
+			}
+		}
+	}
+	return "?"
 }
 
 func kib(s string) string {
