@@ -22,7 +22,11 @@ import (
 // NewCache; it is safe for concurrent use.
 type Cache struct {
 	mu     sync.Mutex
-	byKey  map[string]cached          // key: cacheKey, or sharedEntryKey for a credential minted under a reuse key
+	// byKey: key is a cacheKey, or sharedEntryKey for a credential minted
+	// under a reuse key. Every job holding a shared credential points at
+	// its one entry (thousands of jobs can share it), and entries are never
+	// changed once cached.
+	byKey  map[string]*cached
 	bySHA  map[string]map[string]bool // secret fingerprint -> the keys caching it
 	shared map[string]map[string]bool // reuse key -> the keys of the credentials minted under it
 	// expiries holds one item per put (key, the expiry put under it), the
@@ -85,7 +89,7 @@ func (e cached) issued() *Issued {
 
 // NewCache returns an empty cache.
 func NewCache() *Cache {
-	return &Cache{byKey: map[string]cached{}, bySHA: map[string]map[string]bool{}, shared: map[string]map[string]bool{}}
+	return &Cache{byKey: map[string]*cached{}, bySHA: map[string]map[string]bool{}, shared: map[string]map[string]bool{}}
 }
 
 // get returns the entry for key if it lives past freshUntil; an entry that
@@ -94,11 +98,14 @@ func (c *Cache) get(key string, freshUntil time.Time) (cached, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.byKey[key]
-	if ok && !e.cred.ExpiresAt.After(freshUntil) {
+	if !ok {
+		return cached{}, false
+	}
+	if !e.cred.ExpiresAt.After(freshUntil) {
 		c.forgetLocked(key)
 		return cached{}, false
 	}
-	return e, ok
+	return *e, true
 }
 
 // getShared returns, among the credentials minted under the reuse key, the
@@ -118,7 +125,7 @@ func (c *Cache) getShared(reuse string, freshUntil, notAfter time.Time) (cached,
 			c.forgetLocked(key)
 		case e.cred.ExpiresAt.After(notAfter):
 		case !found || e.cred.ExpiresAt.After(best.cred.ExpiresAt):
-			best, found = e, true
+			best, found = *e, true
 		}
 	}
 	return best, found
@@ -129,6 +136,56 @@ func (c *Cache) getShared(reuse string, freshUntil, notAfter time.Time) (cached,
 func (c *Cache) put(key string, e cached, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.dropExpiredLocked(now)
+	// An entry put again: its old secret no longer names the key.
+	c.forgetLocked(key)
+	shared := sharedEntryKey(e.ledgerID)
+	if e.reuse != "" {
+		c.forgetLocked(shared)
+	}
+	p := &e
+	c.byKey[key] = p
+	heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, key})
+	sha := fingerprint.Of(e.cred.Secret)
+	if c.bySHA[sha] == nil {
+		c.bySHA[sha] = map[string]bool{}
+	}
+	c.bySHA[sha][key] = true
+	if e.reuse != "" {
+		c.byKey[shared] = p
+		heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, shared})
+		c.bySHA[sha][shared] = true
+		if c.shared[e.reuse] == nil {
+			c.shared[e.reuse] = map[string]bool{}
+		}
+		c.shared[e.reuse][shared] = true
+	}
+}
+
+// hold caches under key (a job's own) the shared credential of that ledger
+// record, as getShared offered it: the job's later requests are answered
+// from it. Nothing is cached when it has been dropped since.
+// Like put, it drops every entry expired at now.
+func (c *Cache) hold(key, ledgerID string, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dropExpiredLocked(now)
+	e, ok := c.byKey[sharedEntryKey(ledgerID)]
+	if !ok {
+		return
+	}
+	c.forgetLocked(key)
+	c.byKey[key] = e
+	heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, key})
+	sha := fingerprint.Of(e.cred.Secret)
+	if c.bySHA[sha] == nil {
+		c.bySHA[sha] = map[string]bool{}
+	}
+	c.bySHA[sha][key] = true
+}
+
+// dropExpiredLocked drops every entry expired at now.
+func (c *Cache) dropExpiredLocked(now time.Time) {
 	for len(c.expiries) > 0 && !c.expiries[0].at.After(now) {
 		x := heap.Pop(&c.expiries).(expiry)
 		if old, ok := c.byKey[x.key]; ok && !old.cred.ExpiresAt.After(now) {
@@ -137,28 +194,6 @@ func (c *Cache) put(key string, e cached, now time.Time) {
 	}
 	if len(c.expiries) > 64 && len(c.expiries) > 4*len(c.byKey) {
 		c.compactLocked()
-	}
-	// An entry put again: its old secret no longer names the key.
-	c.forgetLocked(key)
-	shared := sharedEntryKey(e.ledgerID)
-	if e.reuse != "" {
-		c.forgetLocked(shared)
-	}
-	c.byKey[key] = e
-	heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, key})
-	sha := fingerprint.Of(e.cred.Secret)
-	if c.bySHA[sha] == nil {
-		c.bySHA[sha] = map[string]bool{}
-	}
-	c.bySHA[sha][key] = true
-	if e.reuse != "" {
-		c.byKey[shared] = e
-		heap.Push(&c.expiries, expiry{e.cred.ExpiresAt, shared})
-		c.bySHA[sha][shared] = true
-		if c.shared[e.reuse] == nil {
-			c.shared[e.reuse] = map[string]bool{}
-		}
-		c.shared[e.reuse][shared] = true
 	}
 }
 
@@ -203,7 +238,7 @@ func (c *Cache) forgetLocked(key string) {
 	if len(c.bySHA[sha]) == 0 {
 		delete(c.bySHA, sha)
 	}
-	if e.reuse != "" {
+	if e.reuse != "" && c.shared[e.reuse][key] { // a job's own key of a shared entry is not in c.shared
 		delete(c.shared[e.reuse], key)
 		if len(c.shared[e.reuse]) == 0 {
 			delete(c.shared, e.reuse)

@@ -81,3 +81,36 @@ func TestCachePutUnderSharedKey(t *testing.T) {
 		t.Fatalf("left after forgetSecret: %d entries, %d fingerprints, %d reuse keys", len(c.byKey), len(c.bySHA), len(c.shared))
 	}
 }
+
+// TestCacheHoldSharesOneEntry: every job handed a shared credential points
+// at its one entry (thousands of jobs can share one), its own key answers
+// it, and a credential dropped in between is not cached again.
+func TestCacheHoldSharesOneEntry(t *testing.T) {
+	c := NewCache()
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	c.put("minter", cached{ledgerID: "l1", reuse: "reuse-key", cred: Credential{Secret: "secret", ExpiresAt: t0.Add(time.Hour)}}, t0)
+	for i := range 3 {
+		c.hold(fmt.Sprint("job", i), "l1", t0)
+	}
+	one := c.byKey[sharedEntryKey("l1")]
+	for i := range 3 {
+		if p := c.byKey[fmt.Sprint("job", i)]; p != one {
+			t.Fatalf("job%d: its own entry %p, not the shared one %p", i, p, one)
+		}
+		if e, ok := c.get(fmt.Sprint("job", i), t0); !ok || e.ledgerID != "l1" {
+			t.Fatalf("job%d: get %+v, %v", i, e, ok)
+		}
+	}
+	if len(c.shared["reuse-key"]) != 1 {
+		t.Fatalf("jobs' own keys offered to other jobs: %v", c.shared["reuse-key"])
+	}
+	c.forgetLocked("job0")
+	if _, ok := c.getShared("reuse-key", t0, t0.Add(2*time.Hour)); !ok {
+		t.Fatal("forgetting one job's key withdrew the shared credential")
+	}
+	c.forgetLedgerID("l1")
+	c.hold("late", "l1", t0)
+	if len(c.byKey) != 0 || len(c.bySHA) != 0 || len(c.shared) != 0 {
+		t.Fatalf("left after forgetLedgerID and a late hold: %d entries, %d fingerprints, %d reuse keys", len(c.byKey), len(c.bySHA), len(c.shared))
+	}
+}

@@ -342,9 +342,7 @@ func (s *Service) fromShared(ctx context.Context, reuse, key string, tok *idtoke
 		// so the credential is not shared either.
 		return nil, false
 	}
-	own := c
-	own.reuse = ""
-	s.cache.put(key, own, now)
+	s.cache.hold(key, c.ledgerID, now)
 	granted := c.issued()
 	granted.Reused = true
 	return granted, true
