@@ -21,7 +21,7 @@ import (
 // revocation) and the reaper (on every revocation) empty it. Build it with
 // NewCache; it is safe for concurrent use.
 type Cache struct {
-	mu     sync.Mutex
+	mu sync.Mutex
 	// byKey: key is a cacheKey, or sharedEntryKey for a credential minted
 	// under a reuse key. Every job holding a shared credential points at
 	// its one entry (thousands of jobs can share it), and entries are never
