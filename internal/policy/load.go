@@ -674,6 +674,7 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 				continue
 			}
 			r.ttl = d
+			r.ttlSet = true
 			ttlLine = e.val.Line
 		case "access_level":
 			v, ok := p.scalar(e.val, label, field)
@@ -686,10 +687,12 @@ func (p *parser) parseAllow(r *rule, label string, n *yaml.Node) {
 				continue
 			}
 			r.accessLevel = lvl
+			r.accessLevelSet = true
 			accessLine = e.val.Line
 		case AcknowledgeAPIMaintainerKey:
 			if b, ok := p.boolean(e.val, label, field); ok {
 				acknowledged = b
+				r.acknowledged = b
 			}
 		default:
 			p.add(e.line, label, field, "unknown key (want "+strings.Join(allowKeys, ", ")+")")

@@ -95,6 +95,9 @@ type rule struct {
 	requireRunningJob bool
 	shadow            bool // mode: shadow
 	fingerprint       string
+	// As written, for Spec: whether ttl and access_level were set, and
+	// acknowledge_api_maintainer.
+	ttlSet, accessLevelSet, acknowledged bool
 }
 
 // Reuse says which jobs may share a credential minted under a rule.
