@@ -10,8 +10,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -36,6 +38,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	if cmd == "credentials" {
 		return daemon.Credentials(ctx, args, stdout, stderr)
+	}
+	if cmd == "suggest" && !slices.Contains(args, "--help") && !slices.Contains(args, "-h") {
+		return daemon.Suggest(ctx, args, time.Now, stdout, stderr)
 	}
 	fs := pflag.NewFlagSet("exchanged", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -78,7 +83,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stdout, "exchanged", version)
 		return 0
 	}
-	fmt.Fprintf(stderr, "exchanged: unknown command %q (serve, check, explain, credentials, version; see exchanged --help)\n", cmd)
+	fmt.Fprintf(stderr, "exchanged: unknown command %q (serve, check, explain, credentials, suggest, version; see exchanged --help)\n", cmd)
 	return 2
 }
 

@@ -9,6 +9,7 @@ SYNOPSIS
     exchanged check   --project-policy FILE [--config FILE]
     exchanged explain --config FILE (--claims CLAIMS.json | --id-token FILE) --resource URL --scope SCOPE[,SCOPE]
     exchanged credentials revoke --config FILE --id LEDGER_ID | --job JOB_ID
+    exchanged suggest --config FILE --since DURATION [--json]
     exchanged version
 
 DESCRIPTION
@@ -51,6 +52,20 @@ COMMANDS
               operator_revoked) on stderr. Safe while the daemon runs on the
               same ledger. Exit 1 if one could not be revoked (the reaper
               retries it).
+    suggest   Read what each rule of the policy minted and handed out in the
+              last DURATION (the ledger's records created since then and the
+              jobs that held them) and print, per rule, the source projects,
+              targets, kinds, scopes, ttl and how long jobs held the
+              credentials; then suggest least privilege: a rule that allows
+              more than was used gets a narrower copy (project_path narrowed
+              to the projects that used it, allow entries to the targets
+              used, unused scopes dropped, ttl cut to the longest hold
+              rounded up, never below 5m), named RULE-suggested, in mode
+              shadow; a rule nothing used is flagged for removal. The output
+              is a policy file (the report as comments): paste its rules next
+              to the old ones, watch the audit log's shadow verdicts, then
+              switch. --json prints the report as JSON. Read-only, safe while
+              the daemon runs; never prints a secret or its fingerprint.
     version   Print the version.
 
 OPTIONS
@@ -66,6 +81,8 @@ OPTIONS
     --scope SCOPES     explain: comma- or space-separated, e.g. read_repository
     --project-policy FILE
                        check: validate this policy file on its own.
+    --since DURATION   suggest: the window, e.g. 168h (positive; required).
+    --json             suggest: print the report as JSON.
     -h, --help         This text.
 
 FILES
@@ -87,6 +104,7 @@ EXIT STATUS
 EXAMPLES
     exchanged check --config /etc/gltoken/exchanged.yaml --online
     exchanged check --project-policy policy.yaml
+    exchanged suggest --config /etc/gltoken/exchanged.yaml --since 168h > suggested.yaml
     exchanged explain --config /etc/gltoken/exchanged.yaml --claims job.json \
         --resource https://gitlab.example.com/platform/lib.git --scope read_repository
 `
