@@ -395,6 +395,9 @@ func (n *narrowed) ttl(spec *policy.RuleSpec, u *use) {
 	case u.holds == 0:
 		n.notes = append(n.notes, "ttl kept: no job's hold is recorded")
 		return
+	case u.released == 0:
+		n.notes = append(n.notes, "ttl kept: no job has let go of its credential yet, so how long jobs need one is not known")
+		return
 	case u.toEnd > 0:
 		n.notes = append(n.notes, fmt.Sprintf("ttl kept: %s lasted as long as the credential", plural(u.toEnd, "hold")))
 		return

@@ -61,9 +61,15 @@ func (r *Report) Text() string {
 				used += " (never used: " + strings.Join(rr.ScopesUnused, ", ") + ")"
 			}
 			line("  scopes:  %s", used)
-			line("  ttl:     %s; credentials lived up to %s; %d of %s let go, held up to %s, %d to the credential's end",
-				shortDuration(time.Duration(rr.TTLSeconds)*time.Second), shortDuration(time.Duration(rr.LifetimeMaxSeconds)*time.Second),
-				rr.Holds.Released, plural(rr.Holds.Count, "hold"), shortDuration(time.Duration(rr.Holds.MaxSeconds)*time.Second), rr.Holds.HeldToEnd)
+			ttl := shortDuration(time.Duration(rr.TTLSeconds) * time.Second)
+			if rr.LifetimeMaxSeconds > 0 {
+				ttl += "; credentials lived up to " + shortDuration(time.Duration(rr.LifetimeMaxSeconds)*time.Second)
+			}
+			if rr.Holds.Count > 0 {
+				ttl += fmt.Sprintf("; %d of %s let go, held up to %s, %d to the credential's end",
+					rr.Holds.Released, plural(rr.Holds.Count, "hold"), shortDuration(time.Duration(rr.Holds.MaxSeconds)*time.Second), rr.Holds.HeldToEnd)
+			}
+			line("  ttl:     %s", ttl)
 			line("  access_level: %s", rr.AccessLevel)
 		}
 		s := rr.Suggestion
