@@ -264,3 +264,22 @@ func TestCheckProjectPolicy(t *testing.T) {
 		t.Fatalf("gitlab.com tenant rules: exit %d\n%s", code, errs)
 	}
 }
+
+// TestSuggestCommand: suggest is dispatched and named in --help; a bad
+// --since is a usage error before any file is read.
+func TestSuggestCommand(t *testing.T) {
+	if _, out, _ := runCmd(t, "--help"); !strings.Contains(out, "exchanged suggest --config FILE --since DURATION [--json]") {
+		t.Errorf("--help does not name suggest:\n%s", out)
+	}
+	if code, out, _ := runCmd(t, "suggest", "--help"); code != 0 || !strings.Contains(out, "SYNOPSIS") {
+		t.Errorf("suggest --help: exit %d", code)
+	}
+	for _, args := range [][]string{{"suggest"}, {"suggest", "--since", "0s"}, {"suggest", "--since", "soon"}} {
+		if code, _, errs := runCmd(t, append(args, "--config", "/nonexistent")...); code != 2 || !strings.HasPrefix(errs, "exchanged suggest: ") {
+			t.Errorf("%v: exit %d %q", args, code, errs)
+		}
+	}
+	if code, _, errs := runCmd(t, "suggest", "--since", "1h", "--config", "/nonexistent/exchanged.yaml"); code != 1 || errs == "" {
+		t.Errorf("missing configuration: exit %d %q", code, errs)
+	}
+}
