@@ -73,7 +73,7 @@ func Suggest(ctx context.Context, args []string, now func() time.Time, stdout, s
 	}
 	defer store.Close()
 	until := now().UTC()
-	rep, err := analyse(ctx, store, pol, suggest.Options{Since: until.Add(-window), Until: until, Policy: PolicyOptions(cfg)})
+	rep, err := analyse(ctx, store, pol, suggest.Options{Since: until.Add(-window), Until: until, Policy: PolicyOptions(cfg)}, suggestPage)
 	if err != nil {
 		fmt.Fprintf(stderr, "exchanged suggest: %v\n", err)
 		return 1
@@ -91,8 +91,9 @@ func Suggest(ctx context.Context, args []string, now func() time.Time, stdout, s
 	return 0
 }
 
-// analyse pages through the window's records, each with its holders.
-func analyse(ctx context.Context, store ledger.Store, pol *policy.Policy, opts suggest.Options) (*suggest.Report, error) {
+// analyse pages through the window's records, each with its holders,
+// pageSize records at a time.
+func analyse(ctx context.Context, store ledger.Store, pol *policy.Policy, opts suggest.Options, pageSize int) (*suggest.Report, error) {
 	wl, ok := store.(windowLister)
 	if !ok {
 		return nil, fmt.Errorf("this store cannot list records by creation time")
@@ -100,7 +101,7 @@ func analyse(ctx context.Context, store ledger.Store, pol *policy.Policy, opts s
 	a := suggest.New(pol, opts)
 	after := ""
 	for {
-		page, err := wl.CreatedSince(ctx, opts.Since, after, suggestPage)
+		page, err := wl.CreatedSince(ctx, opts.Since, after, pageSize)
 		if err != nil {
 			return nil, fmt.Errorf("ledger: %w", err)
 		}
@@ -113,7 +114,7 @@ func analyse(ctx context.Context, store ledger.Store, pol *policy.Policy, opts s
 			rec.SealedSecret, rec.SecretSHA256, rec.SecretKeyID = nil, "", ""
 			a.Add(rec, hs)
 		}
-		if len(page) < suggestPage {
+		if len(page) < pageSize {
 			break
 		}
 		after = page[len(page)-1].ID

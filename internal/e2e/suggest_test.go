@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +20,18 @@ import (
 // ttls, and flags the rules nothing used. Its output is a policy file that
 // exchanged check accepts, and used as the policy it grants what the jobs
 // did and denies a target they did not use. No secret is printed.
-func TestSuggestNarrowsToUse(t *testing.T) {
+func TestSuggestNarrowsToUse(t *testing.T) { testSuggest(t, "") }
+
+// TestSuggestPostgres: the same against a PostgreSQL ledger.
+func TestSuggestPostgres(t *testing.T) {
+	testSuggest(t, fmt.Sprintf("{driver: postgres, dsn: %q}", postgresDSN(t)))
+}
+
+func testSuggest(t *testing.T, store string) {
 	w := newWorld(t)
-	d := w.jobEndDaemon(t, "60s", true, e2ePolicy)
+	writeFile(t, filepath.Join(w.dir, "webhook-secret"), webhookSecret+"\n", 0o600)
+	d := w.startDaemon(t, daemonOpts{listen: fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)), store: store,
+		gitlab: "  job_poll_interval: 60s\n  webhook_secret_file: webhook-secret\n"})
 	w.gl.AddWebhook(gitlabfake.Webhook{URL: d.url + "/v1/gitlab/events", Token: webhookSecret})
 	var secrets []string
 	exchange := func(idToken, project, scope string) {

@@ -183,6 +183,23 @@ func TestNarrowsToWhatWasUsed(t *testing.T) {
 		}
 	}
 
+	// Never wider: over a grid of jobs, targets and scopes, whatever the
+	// suggested rules allow the policy allowed.
+	for _, src := range []string{"platform/app", "platform/web", "platform/other", "other/x"} {
+		for _, target := range []string{"platform/lib", "platform/libs/util", "platform/shared", "platform/tools/cli", "platform/tools/lint", "platform/secret", "other/thing"} {
+			for _, scope := range policy.KnownScopes {
+				for _, protected := range []string{"true", "false"} {
+					c := claims(src)
+					c["ref_protected"] = protected
+					req := policy.Request{Claims: c, Project: target, Scopes: []string{scope}}
+					if enforce.Evaluate(req).Allowed && !pol.Evaluate(req).Allowed {
+						t.Errorf("%s (protected %s) -> %s %s: the suggestion allows what the policy denied", src, protected, target, scope)
+					}
+				}
+			}
+		}
+	}
+
 	// The text form is itself a policy with the same rules.
 	txt := r.Text()
 	if p, err := policy.Parse([]byte(txt), "text", policy.Options{}); err != nil || !slices.Equal(p.Rules(), sugg.Rules()) {
